@@ -1,0 +1,34 @@
+"""hf-clusterable: train Hugging Face models whose MLPs split into k nearly independent clusters.
+
+Method: Golechha et al., "Modular Training of Neural Networks aids Interpretability" (arXiv 2502.02470).
+"""
+
+__version__ = "0.1.0"
+
+from .clusters import cluster_model, load_clusters, save_clusters
+from .cocluster import spectral_cocluster
+from .config import ClusterConfig
+from .measure import ClusterReport, MatrixScore, measure
+from .partition import Partition
+from .score import baseline, clusterability, normalised
+from .targets import Target, find_targets, get_weight
+
+
+__all__ = [
+    "ClusterConfig",
+    "ClusterReport",
+    "MatrixScore",
+    "Partition",
+    "Target",
+    "__version__",
+    "baseline",
+    "cluster_model",
+    "clusterability",
+    "find_targets",
+    "get_weight",
+    "load_clusters",
+    "measure",
+    "normalised",
+    "save_clusters",
+    "spectral_cocluster",
+]

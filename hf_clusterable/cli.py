@@ -1,0 +1,122 @@
+"""`hf-clusterable` command line: measure (and, as they land, demo, push, analyze).
+
+Each command checks its arguments and output paths before doing work, and a user error ends as one line on stderr
+with exit status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ClusterConfig, atomic_write
+from .constants import CONFIG_NAME
+from .offline import GEMMA3_270M
+
+
+def _output_path(value: str | None, flag: str) -> Path | None:
+    """Fail before any work if an output path cannot be written."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise ValueError(f"{flag} {value} is a folder; give a file path.")
+    if not path.parent.exists():
+        raise ValueError(f"{flag} {value}: folder {path.parent} does not exist; create it first.")
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"{flag} {value}: folder {path.parent} is not writable.")
+    return path
+
+
+def load_model(name: str | None, gguf_file: str | None = None):
+    """A model from a local folder or Hub id (causal LM when the architecture has one), or the embedded Gemma."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if name is None:
+        from .offline import load_gemma3_270m
+
+        return load_gemma3_270m()
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(f"{name}: no such model folder; give a local folder or a Hub id like 'org/name'.")
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(name, **kwargs)
+    auto = AutoModelForCausalLM if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else AutoModel
+    return auto.from_pretrained(name, **kwargs)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from .measure import measure
+    from .plot import plot_blocks
+
+    json_path = _output_path(args.json, "--json")
+    plot_path = _output_path(args.plot, "--plot")
+    overrides = args.clusters is not None or args.targets or args.target_regex or args.per_matrix or args.init
+    if args.targets and args.target_regex:
+        raise ValueError("use either --targets or --target-regex, not both.")
+    saved = args.model is not None and Path(args.model, CONFIG_NAME).is_file() and not overrides
+    config = None
+    if not saved:
+        config = ClusterConfig(
+            n_clusters=args.clusters if args.clusters is not None else 4,
+            targets=args.targets or args.target_regex or None,
+            coupled=not args.per_matrix,
+            init=args.init or "spectral",
+            seed=args.seed,
+        )
+    print(f"loading {args.model or GEMMA3_270M} ...", file=sys.stderr)
+    model = load_model(args.model, args.gguf_file)
+    report = measure(model, args.model if saved else config, progress=not args.quiet)
+    print(report.to_markdown())
+    print(
+        f"\nmean clusterability {report.mean:.4f} vs baseline {report.baseline:.4f} "
+        f"(normalised {report.normalised:.4f}; 0 = unstructured, 1 = block-diagonal)"
+    )
+    if json_path is not None:
+        atomic_write(json_path, json.dumps({"model": args.model or GEMMA3_270M, **report.to_dict()}, indent=2) + "\n")
+        print(f"wrote {json_path}", file=sys.stderr)
+    if plot_path is not None:
+        plot_blocks(model, report.partitions, plot_path)
+        print(f"wrote {plot_path}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-clusterable", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("measure", help="clusterability of a model's matrices, with baselines")
+    p.add_argument(
+        "model", nargs="?", default=None, help="local folder or Hub id (default: the embedded Gemma 3 270M GGUF)"
+    )
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL")
+    p.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters k (default 4)")
+    p.add_argument("--targets", nargs="+", default=None, help="module names or suffixes (default: MLP matrices)")
+    p.add_argument("--target-regex", default=None, help="regex matched against full module names")
+    p.add_argument("--per-matrix", action="store_true", help="cluster every matrix on its own (the paper's mode)")
+    p.add_argument("--init", choices=["spectral", "blocks"], default=None, help="spectral co-clustering or blocks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the report as JSON here")
+    p.add_argument("--plot", default=None, help="write block-reordered |W| heatmaps (PNG) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_measure)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, ImportError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"hf-clusterable: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""`ClusterConfig`: what to cluster and how hard to push, saved as `cluster_config.json` next to the weights.
+
+Modelled on PEFT's config mixin: a flat dataclass, `save_pretrained`/`from_pretrained` that read a local folder or
+the Hub, unknown keys dropped with a warning so configs written by newer versions still load, and the library
+version stored for provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import hf_hub_download
+from transformers.utils import PushToHubMixin
+
+from . import __version__
+from .constants import CONFIG_NAME
+
+
+INITS = ("spectral", "blocks")
+_HUB_KWARGS = set(inspect.signature(hf_hub_download).parameters) - {"repo_id", "filename", "subfolder"}
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write through a temp file in the same folder and rename, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_file(path_or_repo: str | os.PathLike, filename: str, subfolder: str | None = None, **hub_kwargs) -> str:
+    """Local `path_or_repo/subfolder/filename` if it exists, else download it from the Hub repo `path_or_repo`."""
+    local = Path(path_or_repo, subfolder or "", filename)
+    if local.is_file():
+        return str(local)
+    if Path(path_or_repo).is_dir():
+        raise FileNotFoundError(f"no {filename} in {Path(path_or_repo, subfolder or '')}; is this a clustered model?")
+    try:
+        return hf_hub_download(str(path_or_repo), filename, subfolder=subfolder, **hub_kwargs)
+    except Exception as err:  # any Hub or network failure becomes one clear line
+        raise FileNotFoundError(
+            f"could not find {filename} locally or on the Hub at {path_or_repo!r}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+
+
+@dataclass
+class ClusterConfig(PushToHubMixin):
+    """How to partition and regularise a model's matrices.
+
+    Args:
+        n_clusters (`int`, defaults to 4): clusters per matrix (the paper's k).
+        targets (`list[str]` or `str`, *optional*): module names or name suffixes (a list), or a regex matched
+            against full module names (a string). `None` uses the MLP matrices registered for the model type.
+        coupled (`bool`, defaults to `True`): give an MLP's matrices one set of labels, so each cluster is a
+            sub-MLP (hidden neuron i keeps its label in up, gate and down). `False` clusters every matrix alone,
+            as the paper's code does.
+        loss_weight (`float`, defaults to 20.0): lambda in `task_loss + lambda * (1 - mean clusterability)`.
+        init (`str`, defaults to `"spectral"`): `"spectral"` co-clusters the weights; `"blocks"` uses fixed
+            contiguous blocks (training from scratch).
+        cluster_step (`int`, defaults to 0): optimizer step at which spectral clusters are computed; the loss
+            applies from then on (a warm-up of N plain steps when > 0).
+        recluster_every (`int`, defaults to 0): recompute spectral clusters every this many steps; 0 keeps them fixed.
+        balance (`float`, defaults to 0.5): spectral clusters keep between (1 - balance) and (1 + balance) times
+            their fair share of rows and of columns; 0 forces equal sizes.
+        seed (`int`, defaults to 0): seed of the co-clustering.
+    """
+
+    n_clusters: int = field(default=4, metadata={"help": "Clusters per matrix (k)."})
+    targets: list[str] | str | None = field(
+        default=None, metadata={"help": "Module names/suffixes or a regex; default: the model type's MLP matrices."}
+    )
+    coupled: bool = field(default=True, metadata={"help": "One set of labels per MLP, so clusters are sub-MLPs."})
+    loss_weight: float = field(default=20.0, metadata={"help": "lambda in task + lambda * (1 - mean C)."})
+    init: str = field(default="spectral", metadata={"help": "'spectral' co-clustering or fixed 'blocks'."})
+    cluster_step: int = field(default=0, metadata={"help": "Step at which spectral clusters are computed."})
+    recluster_every: int = field(default=0, metadata={"help": "Re-cluster every N steps; 0 keeps clusters fixed."})
+    balance: float = field(default=0.5, metadata={"help": "Allowed relative deviation of cluster sizes from n/k."})
+    seed: int = field(default=0, metadata={"help": "Seed of the spectral co-clustering."})
+    model_type: str | None = field(default=None, metadata={"help": "Filled in from the model when saved."})
+    base_model_name_or_path: str | None = field(default=None, metadata={"help": "Filled in from the model."})
+    hf_clusterable_version: str = field(default=__version__, metadata={"help": "Version that wrote this config."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, int) or self.n_clusters < 2:
+            raise ValueError(f"n_clusters must be an integer >= 2, got {self.n_clusters!r}.")
+        if isinstance(self.loss_weight, bool) or not isinstance(self.loss_weight, (int, float)):
+            raise ValueError(f"loss_weight must be a number, got {self.loss_weight!r}.")
+        if not math.isfinite(self.loss_weight) or self.loss_weight < 0:
+            raise ValueError(f"loss_weight must be finite and >= 0, got {self.loss_weight!r} (the paper uses 20-40).")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
+        for name in ("cluster_step", "recluster_every", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+        if not isinstance(self.balance, (int, float)) or not 0.0 <= self.balance < 1.0:
+            raise ValueError(f"balance must be in [0, 1), got {self.balance!r}; 0 forces equal cluster sizes.")
+        if self.targets is not None and not isinstance(self.targets, str):
+            targets = list(self.targets)
+            if not targets or not all(isinstance(t, str) and t for t in targets):
+                raise ValueError(f"targets must be a regex string or a non-empty list of names, got {self.targets!r}.")
+            self.targets = targets
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Write `cluster_config.json` atomically. Extra kwargs (from `push_to_hub`) are accepted and ignored."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory {save_directory} is a file; pass a folder.")
+        atomic_write(Path(save_directory, CONFIG_NAME), self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClusterConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(
+                f"Ignoring unknown keys {unknown} in {CONFIG_NAME}; it was probably written by a newer "
+                "hf-clusterable (`pip install -U hf-clusterable`).",
+                stacklevel=2,
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> ClusterConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"could not read {path}: {err}; rewrite it with ClusterConfig.save_pretrained.") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"invalid {CONFIG_NAME} at {path}: {err}") from err
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **kwargs
+    ) -> ClusterConfig:
+        """Load from a local folder or a Hub repo id; Hub kwargs (revision, token, ...) go to `hf_hub_download`."""
+        hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+        overrides = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS}
+        path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder, **hub_kwargs)
+        config = cls.from_json_file(path)
+        return dataclasses.replace(config, **overrides) if overrides else config

