@@ -9,4 +9,10 @@ os.environ["HF_EVALUATE_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import torch
+
+
+# Tiny test models gain nothing from a second thread, and a busy second core makes OpenMP spin-waits very slow.
+torch.set_num_threads(1)
+
 pytest_plugins = ["tests.fake_hub"]
