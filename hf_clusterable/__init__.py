@@ -5,9 +5,11 @@ Method: Golechha et al., "Modular Training of Neural Networks aids Interpretabil
 
 __version__ = "0.1.0"
 
+from .card import render_card, write_card
 from .clusters import cluster_model, load_clusters, save_clusters
 from .cocluster import spectral_cocluster
 from .config import ClusterConfig
+from .hub import push_folder
 from .measure import ClusterReport, MatrixScore, measure
 from .partition import Partition
 from .score import baseline, clusterability, normalised
@@ -29,6 +31,9 @@ __all__ = [
     "load_clusters",
     "measure",
     "normalised",
+    "push_folder",
+    "render_card",
     "save_clusters",
     "spectral_cocluster",
+    "write_card",
 ]

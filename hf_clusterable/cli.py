@@ -1,4 +1,4 @@
-"""`hf-clusterable` command line: measure (and, as they land, demo, push, analyze).
+"""`hf-clusterable` command line: measure, push (and, as they land, demo, analyze).
 
 Each command checks its arguments and output paths before doing work, and a user error ends as one line on stderr
 with exit status 2 instead of a traceback.
@@ -86,6 +86,12 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_command
+
+    return push_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-clusterable", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write block-reordered |W| heatmaps (PNG) here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_measure)
+
+    p = sub.add_parser("push", help="push a clustered model folder with its clusters, metrics and model card")
+    p.add_argument("folder", help="output_dir of a ClusterableTrainer run (must hold cluster_config.json)")
+    p.add_argument("repo_id", help="Hub repo, 'name' or 'namespace/name' (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private (no effect if it exists)")
+    p.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
+    p.set_defaults(func=_push)
     return parser
 
 

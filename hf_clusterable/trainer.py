@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from accelerate.utils import broadcast
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import HubStrategy, get_last_checkpoint
 
+from .card import write_card
 from .clusters import check_clusters, cluster_model, load_clusters, save_clusters
 from .config import ClusterConfig, atomic_write
 from .constants import CLUSTERS_NAME, CONFIG_NAME, METRICS_NAME
@@ -33,6 +34,22 @@ from .targets import base_model, find_targets
 _PARTITION_FIELDS = ("n_clusters", "targets", "coupled", "init")
 
 
+class _HubToken(str):
+    """`args.hub_token` that pickles as None: Trainer pickles its args into training_args.bin, which pushes upload."""
+
+    def __reduce__(self):
+        return type(None), ()
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self) -> str:
+        return "'<HUB_TOKEN>'"
+
+
 class ClusterableTrainer(Trainer):
     """A `Trainer` whose loss is `task_loss + loss_weight * (1 - mean C)` over the target matrices.
 
@@ -43,6 +60,9 @@ class ClusterableTrainer(Trainer):
 
     Logged metrics (train and `eval_`): `task_loss`, `cluster_loss` (the regulariser), `clusterability` (mean C)
     and `clusterability_baseline` (what unstructured weights would score with these cluster sizes).
+
+    `push_to_hub()` and every `hub_strategy` push upload the cluster files and a model card with the current scores
+    (`create_model_card`) next to the weights.
     """
 
     _tag_names = ["hf_clusterable", "clusterability"]
@@ -181,15 +201,72 @@ class ClusterableTrainer(Trainer):
             metrics = {"global_step": self.state.global_step, **report.to_dict()}
             atomic_write(os.path.join(output_dir, METRICS_NAME), json.dumps(metrics, indent=2) + "\n")
 
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        *,
+        metrics: dict[str, float] | None = None,
+        reference_metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Write `README.md` with the current clusterability scores, and the block heatmap, into `args.output_dir`.
+
+        Arguments are `Trainer.create_model_card`'s (`dataset_args` is unused), plus:
+            metrics (`dict`, *optional*): task metrics to report; defaults to the last evaluation's `eval_*` values.
+            reference_metrics (`dict`, *optional*): the same metrics from a run without the clusterability loss
+                (e.g. a plain `Trainer(...).evaluate()`), shown side by side. `push_to_hub(reference_metrics=...)`
+                passes it through.
+        """
+        if not self.is_world_process_zero():
+            return
+        if metrics is None:
+            evals = [e for e in self.state.log_history if any(k.startswith("eval_") for k in e)]
+            metrics = evals[-1] if evals else None
+        hub_id = self.hub_model_id or self.args.hub_model_id
+        if model_name is None:
+            model_name = hub_id.split("/")[-1] if hub_id else os.path.basename(os.path.abspath(self.args.output_dir))
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        write_card(
+            self.args.output_dir,
+            self.model,
+            self.cluster_report(),
+            self.cluster_config,
+            model_name=model_name,
+            repo_id=hub_id or model_name,
+            base_model=finetuned_from or self.cluster_config.base_model_name_or_path,
+            datasets=dataset_tags or dataset,
+            metrics=metrics,
+            reference_metrics=reference_metrics,
+            tags=[*self._tag_names, *tags],
+            language=language,
+            license=license,
+            pipeline_tag=tasks[0] if isinstance(tasks, list) and tasks else tasks or None,
+        )
+
+    def _hide_hub_token(self) -> None:
+        """Keep `args.hub_token` usable for uploads but out of every file, before Trainer pickles the args."""
+        if self.args.hub_token and not isinstance(self.args.hub_token, _HubToken):
+            self.args.hub_token = _HubToken(self.args.hub_token)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        self._hide_hub_token()
         super()._save(output_dir, state_dict)
         self.save_cluster_files(output_dir if output_dir is not None else self.args.output_dir)
 
     def _save_checkpoint(self, model, trial) -> None:
-        # Trainer's every_save push copies only model files from the checkpoint into output_dir, so put ours there
-        # first (the TRL pattern for model cards).
-        if self.args.push_to_hub:
+        # Trainer's checkpoint push copies only model files from the checkpoint into output_dir, so put ours and the
+        # card there first (the TRL pattern for model cards).
+        self._hide_hub_token()
+        if self.args.push_to_hub and self.args.hub_strategy != HubStrategy.END:
             self.save_cluster_files(self.args.output_dir)
+            self.create_model_card()
         super()._save_checkpoint(model, trial)
 
     def _restore_clusters(self, checkpoint: str) -> None:
