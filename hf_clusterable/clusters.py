@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from .cocluster import spectral_cocluster
 from .config import ClusterConfig, atomic_write, resolve_file
 from .constants import CLUSTERS_NAME
+from .distributed import full_weight
 from .partition import Partition
-from .targets import Target, base_model, get_weight, groups
+from .targets import Target, base_model, groups
 
 
 def group_affinity(model: nn.Module, members: list[Target]) -> torch.Tensor:
@@ -28,7 +29,7 @@ def group_affinity(model: nn.Module, members: list[Target]) -> torch.Tensor:
     modules = dict(base_model(model).named_modules())
     total = None
     for t in members:
-        a = get_weight(modules[t.name]).detach().float().abs()
+        a = full_weight(modules[t.name]).float().abs()
         a = a.T if t.transposed else a
         a = a / a.mean().clamp_min(torch.finfo(torch.float32).tiny)
         total = a if total is None else total + a

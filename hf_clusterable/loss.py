@@ -2,7 +2,8 @@
 
 Partitions are fixed between re-clusterings, so their device-side pieces (row labels, one-hot column labels) are
 built once here. A step then reads each weight once: square, one small matmul against the one-hot, a gather. No
-boolean block mask, index list or loop over clusters is built per step.
+boolean block mask, index list or loop over clusters is built per step. Sharded weights (FSDP2, ZeRO-3) are scored
+where they live, see `distributed.py`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .distributed import module_block_mass
 from .partition import Partition
-from .score import baseline, block_mass, col_onehot
-from .targets import Target, base_model, get_weight
+from .score import baseline, col_onehot
+from .targets import Target, base_model, stored_weight
 
 
 class ClusterabilityLoss:
@@ -26,7 +28,7 @@ class ClusterabilityLoss:
         self._terms = []
         for t in targets:
             module = modules[t.name]
-            device = get_weight(module).device
+            device = stored_weight(module).device
             self._terms.append(
                 (module, partitions[t.name].row_labels.to(device), col_onehot(partitions[t.name], device))
             )
@@ -36,7 +38,7 @@ class ClusterabilityLoss:
         """Clusterability of every target matrix, shape `(len(targets),)`."""
         out = []
         for module, rows, onehot in self._terms:
-            inside, total = block_mass(get_weight(module), rows, onehot)
+            inside, total = module_block_mass(module, rows, onehot)
             out.append(inside / total.clamp_min(torch.finfo(torch.float32).tiny))
         return torch.stack(out)
 

@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 
 from .clusters import check_clusters, cluster_model, load_clusters
 from .config import ClusterConfig
+from .distributed import full_weight
 from .partition import Partition
 from .score import baseline, clusterability, normalised
-from .targets import Target, base_model, find_targets, get_weight
+from .targets import Target, base_model, find_targets
 
 
 @dataclass
@@ -92,7 +93,7 @@ def score_matrices(model: nn.Module, targets: list[Target], partitions: dict[str
     rows = []
     for t in targets:
         p = partitions[t.name]
-        rows.append(MatrixScore(t.name, t.shape, float(clusterability(get_weight(modules[t.name]), p)), baseline(p)))
+        rows.append(MatrixScore(t.name, t.shape, float(clusterability(full_weight(modules[t.name]), p)), baseline(p)))
     return rows
 
 

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import atomic_write
+from .distributed import full_weight
 from .partition import Partition
 from .score import baseline, clusterability
-from .targets import base_model, get_weight
+from .targets import base_model
 
 
 def reordered(weight: torch.Tensor, partition: Partition, resolution: int = 256) -> torch.Tensor:
@@ -50,7 +51,7 @@ def plot_blocks(
     for i, name in enumerate(names):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         p = partitions[name]
-        weight = get_weight(modules[name])
+        weight = full_weight(modules[name])
         image = reordered(weight, p, resolution)
         vmax = float(torch.quantile(image.flatten(), 0.99)) or 1.0
         ax.imshow(image.numpy(), cmap="magma", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")

@@ -23,17 +23,46 @@ def _check_shape(weight: torch.Tensor, partition: Partition) -> None:
         )
 
 
+class _BlockMass(torch.autograd.Function):
+    """(in-block, total) squared mass with a hand-written backward: two passes over W instead of autograd's five.
+
+    d(inside)/dW = 2W [r_i == c_j] and d(total)/dW = 2W, so the gradient is 2W times a k x k table of upstream
+    gradients looked up by (row label, column label), expanded with one skinny matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, row_labels: torch.Tensor, col_onehot: torch.Tensor):
+        w = weight.float()
+        # (k, n): squared mass of each row in each column cluster; the skinny operand goes on the left, which MKL
+        # runs several times faster than (n, m) @ (m, k).
+        per_cluster = col_onehot.T @ (w * w).T
+        ctx.save_for_backward(weight, row_labels, col_onehot)
+        return per_cluster.gather(0, row_labels.unsqueeze(0)).sum(), per_cluster.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_inside: torch.Tensor, grad_total: torch.Tensor):
+        weight, row_labels, col_onehot = ctx.saved_tensors
+        k = col_onehot.shape[1]
+        row_term = F.one_hot(row_labels, k).float() * (2 * grad_inside) + 2 * grad_total  # (n, k)
+        # Each column has exactly one cluster, so row_term @ onehot.T is the table looked up per entry. Build it in
+        # the weight's own memory layout (Conv1D weights are transposed views) so the product streams contiguously.
+        if weight.T.is_contiguous() and not weight.is_contiguous():
+            grad = (col_onehot @ row_term.T).mul_(weight.T.float()).T
+        else:
+            grad = (row_term @ col_onehot.T).mul_(weight.float())
+        return grad.to(weight.dtype), None, None
+
+
 def block_mass(
     weight: torch.Tensor, row_labels: torch.Tensor, col_onehot: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(in-block squared mass, total squared mass) in fp32.
+    """(in-block squared mass, total squared mass) in fp32, differentiable in `weight`.
 
-    `col_onehot` is the `(n_cols, k)` one-hot of the column labels, in fp32 on the weight's device; callers that
-    score the same partition every step build it once. Differentiable in `weight`.
+    `col_onehot` is the `(n_cols, k)` fp32 one-hot of the column labels on the weight's device; callers that score
+    the same partition every step build it once. Both are sums, so shards of one matrix can be added up.
     """
-    per_row = weight.float().square() @ col_onehot  # (n_rows, k): squared mass of each row in each column cluster
-    inside = per_row.gather(1, row_labels.unsqueeze(1)).sum()
-    return inside, per_row.sum()
+    return _BlockMass.apply(weight, row_labels, col_onehot)
 
 
 def col_onehot(partition: Partition, device: torch.device | str | None = None) -> torch.Tensor:

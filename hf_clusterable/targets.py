@@ -46,9 +46,9 @@ def base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def _stored_weight(module: nn.Module) -> torch.Tensor:
+def stored_weight(module: nn.Module) -> torch.Tensor:
     if isinstance(module, BaseTunerLayer):
-        return _stored_weight(module.get_base_layer())
+        return stored_weight(module.get_base_layer())
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"{type(module).__name__} has no weight tensor to cluster.")
@@ -57,7 +57,7 @@ def _stored_weight(module: nn.Module) -> torch.Tensor:
 
 def weight_shape(module: nn.Module) -> tuple[int, int]:
     """`(out, in)` shape, using DeepSpeed ZeRO-3's `ds_shape` when the local tensor is a placeholder."""
-    stored = _stored_weight(module)
+    stored = stored_weight(module)
     shape = tuple(getattr(stored, "ds_shape", stored.shape))
     if len(shape) != 2:
         raise ValueError(f"{type(module).__name__} weight has shape {shape}; only 2-D matrices can be clustered.")
@@ -72,7 +72,7 @@ def _is_conv1d(module: nn.Module) -> bool:
 
 def get_weight(module: nn.Module) -> torch.Tensor:
     """The module's effective weight as `(out_features, in_features)`: a view for plain layers, W + delta for LoRA."""
-    weight = _stored_weight(module)
+    weight = stored_weight(module)
     if isinstance(module, LoraLayer) and not module.merged and not module.disable_adapters:
         for adapter in module.active_adapters:
             if adapter in module.lora_A:

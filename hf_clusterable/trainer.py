@@ -184,8 +184,17 @@ class ClusterableTrainer(Trainer):
     # ---- saving and resuming ------------------------------------------------------------------------------------
 
     def cluster_report(self) -> ClusterReport | None:
-        """Current scores of every target matrix (no gradient), or None before partitions exist."""
-        if not self._maybe_cluster():
+        """Current scores of every target matrix (no gradient), clustering first if no clusters exist yet.
+
+        Call it on every process: computing clusters broadcasts them. None while a warm-up (`cluster_step`) runs.
+        """
+        if self.partitions is None:
+            self._maybe_cluster()
+        return self._scores()
+
+    def _scores(self) -> ClusterReport | None:
+        """Scores under the partitions in use; never clusters, so main-process-only code paths may call it."""
+        if self.partitions is None:
             return None
         rows = score_matrices(self.model, self.cluster_targets, self.partitions)
         return ClusterReport(rows, self.cluster_config.n_clusters, self.partitions)
@@ -195,7 +204,7 @@ class ClusterableTrainer(Trainer):
         if not self.args.should_save:
             return
         self.cluster_config.save_pretrained(output_dir)
-        report = self.cluster_report()
+        report = self._scores()
         if report is not None:
             save_clusters(output_dir, self.partitions)
             metrics = {"global_step": self.state.global_step, **report.to_dict()}
@@ -236,7 +245,7 @@ class ClusterableTrainer(Trainer):
         write_card(
             self.args.output_dir,
             self.model,
-            self.cluster_report(),
+            self._scores(),
             self.cluster_config,
             model_name=model_name,
             repo_id=hub_id or model_name,

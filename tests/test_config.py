@@ -76,3 +76,12 @@ def test_save_into_a_file_path_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is a file"):
         ClusterConfig().save_pretrained(f)
     assert f.read_text() == "keep me"
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    ClusterConfig().save_pretrained(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / CONFIG_NAME).stat().st_mode & 0o777 == 0o666 & ~umask
