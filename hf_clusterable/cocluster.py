@@ -24,40 +24,42 @@ def size_bounds(n: int, n_clusters: int, tolerance: float) -> tuple[int, int]:
     return lo, hi
 
 
-def _move(
-    cost: torch.Tensor, labels: torch.Tensor, donors: torch.Tensor, receiver: int, count: int, spare: torch.Tensor
-):
-    """Move the `count` points whose move from a donor cluster to `receiver` costs least, taking at most spare[d]."""
-    candidates = torch.nonzero(donors[labels]).squeeze(1)
-    delta = cost[candidates, receiver] - cost[candidates, labels[candidates]]
-    candidates = candidates[torch.argsort(delta, stable=True)]
-    # Cap how many each donor gives: rank of a candidate among those of its own donor must be < spare[donor].
-    src = labels[candidates]
-    rank = torch.zeros_like(src)
-    for d in torch.unique(src).tolist():
-        mask = src == d
-        rank[mask] = torch.arange(int(mask.sum()), device=src.device)
-    chosen = candidates[rank < spare[src]][:count]
-    labels[chosen] = receiver
+def _rank_within(groups: torch.Tensor, k: int) -> torch.Tensor:
+    """For each entry, how many earlier entries share its group (0 for the first of each group)."""
+    onehot = torch.nn.functional.one_hot(groups, k)
+    return (onehot.cumsum(0) * onehot).sum(1) - 1
 
 
 def balanced_assign(cost: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Nearest-centroid labels, then the cheapest moves that bring every cluster size into [lo, hi]."""
+    """Nearest-centre labels, then the cheapest moves that bring every cluster size into [lo, hi].
+
+    Over-full clusters are drained into clusters with room, under-full ones are filled from clusters that can spare
+    points; each round moves the points whose move costs least, so a round per violated cluster is enough.
+    """
     k = cost.shape[1]
     labels = cost.argmin(1)
     counts = torch.bincount(labels, minlength=k)
-    while bool((counts > hi).any()):  # drain over-full clusters into ones with room
+    while bool((counts > hi).any()):
         src = int(torch.argmax(counts))
         room = (hi - counts).clamp_min(0)
-        dst = int(torch.argmax(room))
-        n_move = int(min(counts[src] - hi, room[dst]))
-        donors = torch.zeros(k, dtype=torch.bool, device=cost.device)
-        donors[src] = True
-        _move(cost, labels, donors, dst, n_move, counts - hi)
+        room[src] = 0
+        members = torch.nonzero(labels == src).squeeze(1)
+        alt = cost[members].masked_fill(room[None] == 0, torch.inf)
+        best, dst = alt.min(1)
+        order = torch.argsort(best - cost[members, src], stable=True)[: int(counts[src] - hi)]
+        dst = dst[order]
+        keep = _rank_within(dst, k) < room[dst]  # never overfill a receiver
+        labels[members[order][keep]] = dst[keep]
         counts = torch.bincount(labels, minlength=k)
-    while bool((counts < lo).any()):  # fill under-full clusters from those that can spare points
+    while bool((counts < lo).any()):
         dst = int(torch.argmin(counts))
-        _move(cost, labels, counts > lo, dst, int(lo - counts[dst]), counts - lo)
+        spare = (counts - lo).clamp_min(0)
+        candidates = torch.nonzero(spare[labels] > 0).squeeze(1)
+        delta = cost[candidates, dst] - cost[candidates, labels[candidates]]
+        candidates = candidates[torch.argsort(delta, stable=True)]
+        src = labels[candidates]
+        chosen = candidates[_rank_within(src, k) < spare[src]][: int(lo - counts[dst])]  # never drain a donor below lo
+        labels[chosen] = dst
         counts = torch.bincount(labels, minlength=k)
     return labels
 
@@ -83,43 +85,49 @@ def joint_kmeans(
     bounds: tuple[tuple[int, int], tuple[int, int]] | None,
     n_init: int = 3,
     max_iter: int = 50,
+    sample: int = 4096,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means over row and column embeddings together; sizes per side bounded when `bounds` is given.
 
     The `n_init` restarts run side by side as one batch (shape `(n_init, points, k)`), so the Python loop runs once
-    per Lloyd iteration rather than once per restart and iteration.
+    per Lloyd iteration rather than once per restart and iteration. The best restart's final assignment is then
+    moved, at least cost, into the size bounds.
     """
     points = torch.cat([rows, cols])
     n_rows = rows.shape[0]
-    centers = torch.stack([_kmeans_pp(points, k, generator) for _ in range(n_init)])  # (R, k, d)
+    # Centres are fitted on at most `sample` points (a few dimensions need no more), then every point is assigned.
+    fit = points
+    if points.shape[0] > sample:
+        fit = points[torch.randperm(points.shape[0], generator=generator, device=points.device)[:sample]]
+    centers = torch.stack([_kmeans_pp(fit, k, generator) for _ in range(n_init)])  # (R, k, d)
     offsets = torch.arange(n_init, device=points.device)[:, None] * k
-    stacked = points.repeat(n_init, 1)
+    stacked = fit.repeat(n_init, 1)
+
+    def sq_dist(x: torch.Tensor) -> torch.Tensor:
+        # squared distances up to the per-point constant |x|^2, which changes neither argmins nor differences
+        return torch.baddbmm(
+            centers.square().sum(-1)[:, None, :], x.expand(n_init, -1, -1), centers.transpose(1, 2), alpha=-2
+        )
+
     labels = None
     for _ in range(max_iter):
-        # squared distances up to the per-point constant |p|^2, which changes neither argmins nor cost differences
-        cost = torch.baddbmm(
-            centers.square().sum(-1)[:, None, :], points.expand(n_init, -1, -1), centers.transpose(1, 2), alpha=-2.0
-        )
-        if bounds is None:
-            new = cost.argmin(-1)
-        else:
-            new = torch.stack(
-                [
-                    torch.cat([balanced_assign(c[:n_rows], *bounds[0]), balanced_assign(c[n_rows:], *bounds[1])])
-                    for c in cost
-                ]
-            )
+        new = sq_dist(fit).argmin(-1)
         if labels is not None and torch.equal(new, labels):
             break
         labels = new
         flat = (labels + offsets).flatten()
-        sums = torch.zeros(n_init * k, points.shape[1], device=points.device).index_add_(0, flat, stacked)
+        sums = torch.zeros(n_init * k, fit.shape[1], device=fit.device).index_add_(0, flat, stacked)
         counts = torch.bincount(flat, minlength=n_init * k).unsqueeze(1)
         centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers.reshape(n_init * k, -1))
         centers = centers.reshape(n_init, k, -1)
-    inertia = cost.gather(-1, labels.unsqueeze(-1)).sum((1, 2))
-    best = labels[int(torch.argmin(inertia))]
-    return best[:n_rows], best[n_rows:]
+    cost = sq_dist(points)
+    best = int(torch.argmin(cost.min(-1).values.sum(1)))
+    cost = cost[best]
+    labels = cost.argmin(1)
+    if bounds is None:
+        return labels[:n_rows], labels[n_rows:]
+    # Sizes are repaired once, on the best restart's final centres; refine() then polishes within the bounds.
+    return balanced_assign(cost[:n_rows], *bounds[0]), balanced_assign(cost[n_rows:], *bounds[1])
 
 
 def _canonical(row_labels: torch.Tensor, col_labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +164,8 @@ def refine(
         onehot = torch.nn.functional.one_hot(row_labels, k).to(sq.dtype)
         gain = (onehot.T @ sq).T - col_mass[:, None] * (row_mass @ onehot)[None] / total  # (m, k)
         col_labels = balanced_assign(-gain, *bounds[1]) if bounds else gain.argmax(1)
-        if torch.equal(before[0], row_labels) and torch.equal(before[1], col_labels):
+        changed = int((before[0] != row_labels).sum() + (before[1] != col_labels).sum())
+        if changed <= 0.01 * (row_labels.numel() + col_labels.numel()):  # converged enough: stop paying passes
             break
     return row_labels, col_labels
 
