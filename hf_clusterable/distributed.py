@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from .score import block_mass
+from .score import BlockCodes, block_mass
 from .targets import get_weight, stored_weight
 
 
@@ -36,9 +36,7 @@ def _global_sum(x: torch.Tensor, group) -> torch.Tensor:
     return x + (total - x.detach())
 
 
-def sharded_block_mass(
-    weight: DTensor, row_labels: torch.Tensor, col_onehot: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def sharded_block_mass(weight: DTensor, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
     """`block_mass` of a DTensor on a 1-D mesh (FSDP2: `Shard(0)` of the stored weight; `Shard(1)` once transposed)."""
     if weight.device_mesh.ndim != 1 or len(weight.placements) != 1:
         raise ValueError(
@@ -47,17 +45,15 @@ def sharded_block_mass(
         )
     placement, local = weight.placements[0], weight.to_local()
     if isinstance(placement, Replicate):
-        return block_mass(local, row_labels, col_onehot)
+        return block_mass(local, codes)
     if not isinstance(placement, Shard) or placement.dim not in (0, 1):
         raise ValueError(f"unsupported placement {placement} for a 2-D weight.")
     mesh, dim = weight.device_mesh, placement.dim
     chunk = math.ceil(weight.shape[dim] / mesh.size())  # DTensor shards follow torch.chunk
     start = min(mesh.get_local_rank() * chunk, weight.shape[dim])
     stop = start + local.shape[dim]
-    if dim == 0:
-        inside, total = block_mass(local, row_labels[start:stop], col_onehot)
-    else:
-        inside, total = block_mass(local, row_labels, col_onehot[start:stop])
+    local_codes = codes.slice_rows(start, stop) if dim == 0 else codes.slice_cols(start, stop)
+    inside, total = block_mass(local, local_codes)
     group = mesh.get_group()
     return _global_sum(inside, group), _global_sum(total, group)
 
@@ -72,24 +68,20 @@ def _forward_replaced(module: nn.Module, fn):
         module.forward = original
 
 
-def zero3_block_mass(
-    module: nn.Module, row_labels: torch.Tensor, col_onehot: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def zero3_block_mass(module: nn.Module, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
     """`block_mass` of a ZeRO-3 module's weight, computed as the module's forward so DeepSpeed gathers it."""
-    with _forward_replaced(module, lambda: block_mass(get_weight(module), row_labels, col_onehot)):
+    with _forward_replaced(module, lambda: block_mass(get_weight(module), codes)):
         return module()
 
 
-def module_block_mass(
-    module: nn.Module, row_labels: torch.Tensor, col_onehot: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def module_block_mass(module: nn.Module, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable (in-block, total) squared mass of a module's weight, however it is distributed."""
     if is_zero3(module):
-        return zero3_block_mass(module, row_labels, col_onehot)
+        return zero3_block_mass(module, codes)
     weight = get_weight(module)
     if isinstance(weight, DTensor):
-        return sharded_block_mass(weight, row_labels, col_onehot)
-    return block_mass(weight, row_labels, col_onehot)
+        return sharded_block_mass(weight, codes)
+    return block_mass(weight, codes)
 
 
 def full_weight(module: nn.Module) -> torch.Tensor:

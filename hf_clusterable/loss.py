@@ -1,19 +1,26 @@
 """The clusterability loss: `loss_weight * (1 - mean C)` over the target matrices, cheap enough to run every step.
 
-Partitions are fixed between re-clusterings, so their device-side pieces (row labels, one-hot column labels) are
-built once here. A step then reads each weight once: square, one small matmul against the one-hot, a gather. No
-boolean block mask, index list or loop over clusters is built per step. Sharded weights (FSDP2, ZeRO-3) are scored
-where they live, see `distributed.py`.
+Partitions are fixed between re-clusterings, so their device-side codes (labels and one-hots) are built once here.
+A step then reads each weight a few times: square, one small matmul, a gather; no boolean block mask, index list or
+loop over clusters is built per step.
+
+During training the masses are computed inside each target module's forward (`capture`). Their backward then
+runs when the model's backward reaches that layer, so only one extra weight-sized gradient is alive at a time
+(computed after the forward, all of them would be produced first and held until the backward arrived), and FSDP2
+weights are seen unsharded. Sharded weights outside forward (FSDP2, ZeRO-3) are scored where they live, see
+`distributed.py`.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
-from .distributed import module_block_mass
+from .distributed import is_zero3, module_block_mass
 from .partition import Partition
-from .score import baseline, col_onehot
+from .score import BlockCodes, baseline
 from .targets import Target, base_model, stored_weight
 
 
@@ -29,19 +36,50 @@ class ClusterabilityLoss:
         for t in targets:
             module = modules[t.name]
             device = stored_weight(module).device
-            self._terms.append(
-                (module, partitions[t.name].row_labels.to(device), col_onehot(partitions[t.name], device))
-            )
+            self._terms.append((module, BlockCodes.of(partitions[t.name], device)))
         self.baseline = sum(baseline(partitions[t.name]) for t in targets) / len(targets)
+        self._captured: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _mass(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._captured is not None and i in self._captured:
+            return self._captured.pop(i)
+        module, codes = self._terms[i]
+        return module_block_mass(module, codes)
 
     def scores(self) -> torch.Tensor:
-        """Clusterability of every target matrix, shape `(len(targets),)`."""
+        """Clusterability of every target matrix, shape `(len(targets),)` (masses captured in forward if any)."""
         out = []
-        for module, rows, onehot in self._terms:
-            inside, total = module_block_mass(module, rows, onehot)
+        for i in range(len(self._terms)):
+            inside, total = self._mass(i)
             out.append(inside / total.clamp_min(torch.finfo(torch.float32).tiny))
+        self._captured = None
         return torch.stack(out)
 
     def __call__(self) -> torch.Tensor:
         """Mean clusterability (a 0-dim tensor); the regulariser is `loss_weight * (1 - this)`."""
         return self.scores().mean()
+
+    @contextmanager
+    def capture(self):
+        """Compute each target's masses inside its module's forward while the model runs in this context.
+
+        Call the loss after the forward; targets the forward did not run (and ZeRO-3 modules, which need their own
+        gathering forward) are computed then. Gradient checkpointing is fine: the hooks are gone by the time a
+        block's forward is recomputed.
+        """
+        self._captured = {}
+        handles = []
+        for i, (module, codes) in enumerate(self._terms):
+            if is_zero3(module):
+                continue
+
+            def hook(module, args, output, i=i, codes=codes):
+                if i not in self._captured:  # a module run twice in one forward is scored once
+                    self._captured[i] = module_block_mass(module, codes)
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -7,6 +7,8 @@ column labels, so no boolean block mask is ever built.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -23,51 +25,64 @@ def _check_shape(weight: torch.Tensor, partition: Partition) -> None:
         )
 
 
+class BlockCodes(NamedTuple):
+    """A partition's labels and one-hot codes on one device, built once and reused every step."""
+
+    row_labels: torch.Tensor
+    col_labels: torch.Tensor
+    row_onehot: torch.Tensor
+    col_onehot: torch.Tensor
+
+    @classmethod
+    def of(cls, partition: Partition, device: torch.device | str | None = None) -> BlockCodes:
+        rows, cols = partition.row_labels.to(device), partition.col_labels.to(device)
+        k = partition.n_clusters
+        return cls(rows, cols, F.one_hot(rows, k).float(), F.one_hot(cols, k).float())
+
+    def slice_rows(self, start: int, stop: int) -> BlockCodes:
+        return self._replace(row_labels=self.row_labels[start:stop], row_onehot=self.row_onehot[start:stop])
+
+    def slice_cols(self, start: int, stop: int) -> BlockCodes:
+        return self._replace(col_labels=self.col_labels[start:stop], col_onehot=self.col_onehot[start:stop])
+
+
 class _BlockMass(torch.autograd.Function):
-    """(in-block, total) squared mass with a hand-written backward: two passes over W instead of autograd's five.
+    """(in-block, total) squared mass with a hand-written backward: few passes over W, all in its stored layout.
 
     d(inside)/dW = 2W [r_i == c_j] and d(total)/dW = 2W, so the gradient is 2W times a k x k table of upstream
-    gradients looked up by (row label, column label), expanded with one skinny matmul.
+    gradients looked up by (row label, column label), expanded with one skinny matmul. GPT-2's Conv1D weight is a
+    transposed view: it is scored through its contiguous storage with the roles of the labels swapped, because the
+    skinny matmuls run several times faster over contiguous rows on CPU (MKL).
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, row_labels: torch.Tensor, col_onehot: torch.Tensor):
-        w = weight.float()
-        # (k, n): squared mass of each row in each column cluster; the skinny operand goes on the left, which MKL
-        # runs several times faster than (n, m) @ (m, k).
-        per_cluster = col_onehot.T @ (w * w).T
-        ctx.save_for_backward(weight, row_labels, col_onehot)
-        return per_cluster.gather(0, row_labels.unsqueeze(0)).sum(), per_cluster.sum()
+    def forward(ctx, weight, row_labels, col_labels, row_onehot, col_onehot):
+        transposed = not weight.is_contiguous() and weight.T.is_contiguous()
+        w = (weight.T if transposed else weight).float().contiguous()
+        lead_onehot, trail_labels, trail_onehot = (
+            (col_onehot, row_labels, row_onehot) if transposed else (row_onehot, col_labels, col_onehot)
+        )
+        per_cluster = lead_onehot.T @ (w * w)  # (k, trailing dim): mass of each column of w in each row cluster
+        ctx.transposed = transposed
+        ctx.save_for_backward(weight, lead_onehot, trail_onehot)
+        return per_cluster.gather(0, trail_labels.unsqueeze(0)).sum(), per_cluster.sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_inside: torch.Tensor, grad_total: torch.Tensor):
-        weight, row_labels, col_onehot = ctx.saved_tensors
-        k = col_onehot.shape[1]
-        row_term = F.one_hot(row_labels, k).float() * (2 * grad_inside) + 2 * grad_total  # (n, k)
-        # Each column has exactly one cluster, so row_term @ onehot.T is the table looked up per entry. Build it in
-        # the weight's own memory layout (Conv1D weights are transposed views) so the product streams contiguously.
-        if weight.T.is_contiguous() and not weight.is_contiguous():
-            grad = (col_onehot @ row_term.T).mul_(weight.T.float()).T
-        else:
-            grad = (row_term @ col_onehot.T).mul_(weight.float())
-        return grad.to(weight.dtype), None, None
+    def backward(ctx, grad_inside, grad_total):
+        weight, lead_onehot, trail_onehot = ctx.saved_tensors
+        w = weight.T if ctx.transposed else weight
+        trail_term = trail_onehot * (2 * grad_inside) + 2 * grad_total  # (trailing dim, k)
+        grad = (lead_onehot @ trail_term.T).mul_(w.float())  # each index has one cluster: the table, looked up
+        return (grad.T if ctx.transposed else grad).to(weight.dtype), None, None, None, None
 
 
-def block_mass(
-    weight: torch.Tensor, row_labels: torch.Tensor, col_onehot: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def block_mass(weight: torch.Tensor, codes: BlockCodes) -> tuple[torch.Tensor, torch.Tensor]:
     """(in-block squared mass, total squared mass) in fp32, differentiable in `weight`.
 
-    `col_onehot` is the `(n_cols, k)` fp32 one-hot of the column labels on the weight's device; callers that score
-    the same partition every step build it once. Both are sums, so shards of one matrix can be added up.
+    Both are sums, so shards of one matrix can be scored separately and added up.
     """
-    return _BlockMass.apply(weight, row_labels, col_onehot)
-
-
-def col_onehot(partition: Partition, device: torch.device | str | None = None) -> torch.Tensor:
-    labels = partition.col_labels if device is None else partition.col_labels.to(device)
-    return F.one_hot(labels, partition.n_clusters).float()
+    return _BlockMass.apply(weight, *codes)
 
 
 def clusterability(weight: torch.Tensor, partition: Partition) -> torch.Tensor:
@@ -77,8 +92,7 @@ def clusterability(weight: torch.Tensor, partition: Partition) -> torch.Tensor:
     """
     weight = torch.as_tensor(weight)
     _check_shape(weight, partition)
-    rows = partition.row_labels.to(weight.device)
-    inside, total = block_mass(weight, rows, col_onehot(partition, weight.device))
+    inside, total = block_mass(weight, BlockCodes.of(partition, weight.device))
     return inside / total.clamp_min(torch.finfo(torch.float32).tiny)
 
 

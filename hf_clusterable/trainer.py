@@ -138,7 +138,14 @@ class ClusterableTrainer(Trainer):
         ) or self.compute_loss_func is not None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        # The regulariser enters once per optimizer step, on the micro-batch that syncs gradients.
+        regularise = model.training and self.accelerator.sync_gradients and self._maybe_cluster()
+        weight = self.cluster_config.loss_weight
+        if regularise and weight > 0:
+            with self._loss_fn().capture():  # masses computed inside each target's forward, see loss.py
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        else:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         if not model.training:  # evaluation and prediction: the task loss alone
             return (loss, outputs) if return_outputs else loss
         # Trainer divides by the accumulation steps unless the loss is already scaled: undo that for R, so R enters
@@ -149,8 +156,7 @@ class ClusterableTrainer(Trainer):
             metrics = self._metrics["train"]
             metrics["task_loss"].append(torch.as_tensor(self._step_task_loss, dtype=torch.float32))
             self._step_task_loss = 0.0
-            if self._maybe_cluster():
-                weight = self.cluster_config.loss_weight
+            if regularise:
                 with torch.set_grad_enabled(weight > 0):
                     mean_c = self._loss_fn()()
                     reg = weight * (1.0 - mean_c)

@@ -103,3 +103,4 @@ def test_fsdp2_sharded_weights_match_a_single_process(tmp_path):
         assert r["value_diff"] < 1e-5, model_type
         assert r["reg_grad_diff"] < 1e-5, model_type
         assert r["full_grad_diff"] < 1e-5, model_type
+        assert r["captured_grad_diff"] < 1e-5, model_type

@@ -2,7 +2,8 @@
 
 Checks, for a Conv1D model (GPT-2: shards become columns once transposed) and a Linear one (Llama: rows):
 partitions computed from sharded weights, the loss value, its gradient, and the gradient of task loss + loss after
-a full forward/backward with each process on half of the batch. Rank 0 writes the largest differences as JSON.
+a full forward/backward with each process on half of the batch, with the masses computed after the forward (on
+shards) and inside it (`capture`, on the weights FSDP2 has gathered). Rank 0 writes the largest differences as JSON.
 """
 
 import copy
@@ -63,11 +64,18 @@ def check(model_type: str, layers_attr: str, rank: int, world: int) -> dict:
     out = sharded(input_ids=local, labels=local)
     (out.loss + lam * (1 - loss())).backward()
     full_grads = grads(sharded)
+    # as the trainer does it: masses captured inside each module's forward, where FSDP2 weights are unsharded
+    sharded.zero_grad()
+    with loss.capture():
+        out = sharded(input_ids=local, labels=local)
+    (out.loss + lam * (1 - loss())).backward()
+    captured_grads = grads(sharded)
     return {
         "partitions_equal": all(parts[n] == parts_ref[n] for n in parts_ref),
         "value_diff": abs(float(c) - float(c_ref)),
         "reg_grad_diff": max_diff({k: v for k, v in reg_grads.items()}, reg_grads_ref),
         "full_grad_diff": max_diff(full_grads, full_grads_ref),
+        "captured_grad_diff": max_diff(captured_grads, full_grads_ref),
         "value": float(c),
     }
 
