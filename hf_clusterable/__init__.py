@@ -11,6 +11,7 @@ from .cocluster import spectral_cocluster
 from .config import ClusterConfig
 from .hub import push_folder
 from .measure import ClusterReport, MatrixScore, measure
+from .models import ClusterNetConfig, ClusterNetForImageClassification, modular_addition_model
 from .partition import Partition
 from .score import baseline, clusterability, normalised
 from .targets import Target, find_targets, get_weight
@@ -18,6 +19,8 @@ from .targets import Target, find_targets, get_weight
 
 __all__ = [
     "ClusterConfig",
+    "ClusterNetConfig",
+    "ClusterNetForImageClassification",
     "ClusterReport",
     "MatrixScore",
     "Partition",
@@ -30,6 +33,7 @@ __all__ = [
     "get_weight",
     "load_clusters",
     "measure",
+    "modular_addition_model",
     "normalised",
     "push_folder",
     "render_card",

@@ -20,7 +20,8 @@ _NEOX_MLP = {"mlp.dense_h_to_4h": ROLE_IN, "mlp.dense_4h_to_h": ROLE_OUT}
 _GLU_MLP = {"mlp.gate_proj": ROLE_IN, "mlp.up_proj": ROLE_IN, "mlp.down_proj": ROLE_OUT}
 _FC_MLP = {"fc1": ROLE_IN, "fc2": ROLE_OUT}
 
-TRANSFORMERS_MODELS_TO_CLUSTER_TARGETS: dict[str, dict[str, str]] = {
+# A regex value selects matrices that are each clustered on their own (no MLP coupling).
+TRANSFORMERS_MODELS_TO_CLUSTER_TARGETS: dict[str, dict[str, str] | str] = {
     "gpt2": _GPT2_MLP,
     "gpt_neo": _GPT2_MLP,
     "gpt_neox": _NEOX_MLP,
@@ -34,4 +35,5 @@ TRANSFORMERS_MODELS_TO_CLUSTER_TARGETS: dict[str, dict[str, str]] = {
     "qwen3": _GLU_MLP,
     "olmo2": _GLU_MLP,
     "opt": _FC_MLP,
+    "hf_clusterable_net": r"(hidden\.\d+|classifier)",  # models.ClusterNetForImageClassification: its FC layers
 }

@@ -126,14 +126,15 @@ def find_targets(
     model = base_model(model)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     modules = _matrix_modules(model)
-    roles = TRANSFORMERS_MODELS_TO_CLUSTER_TARGETS.get(model_type, {})
+    default = TRANSFORMERS_MODELS_TO_CLUSTER_TARGETS.get(model_type)
+    roles = default if isinstance(default, dict) else {}
     if targets is None:
-        if not roles:
+        if default is None:
             raise ValueError(
                 f"no default targets for model_type {model_type!r}; pass targets=[...] (module names or suffixes) "
                 f"or a regex. Candidate matrices: {_candidates(list(modules))}"
             )
-        targets = list(roles)
+        targets = default if isinstance(default, str) else list(roles)
     matched = [name for name in modules if _matches(name, targets)]
     if not matched:
         raise ValueError(

@@ -34,7 +34,11 @@ def free_port() -> int:
 
 def launch(args: list[str], timeout: int = 300, env: dict[str, str] | None = None) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", **(env or {})}
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        out, errout = (err.stdout or b"").decode()[-2000:], (err.stderr or b"").decode()[-4000:]
+        raise AssertionError(f"launch timed out after {timeout} s\n{out}\n{errout}") from None
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
 
 
