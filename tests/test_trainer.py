@@ -67,6 +67,21 @@ def test_clusterability_rises_with_the_loss_and_the_task_still_learns(tmp_path, 
         assert after["cluster_loss"] == 0.0
 
 
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "gemma3_text", "llama"])
+def test_each_architecture_trains_towards_block_diagonal_mlps(tmp_path, model_type):
+    trainer = ClusterableTrainer(
+        model=tiny_model(model_type),
+        args=make_args(tmp_path, max_steps=25, learning_rate=1e-2),
+        train_dataset=pattern_data(),
+        cluster_config=ClusterConfig(loss_weight=40.0),
+    )
+    start = trainer.cluster_report()
+    trainer.train()
+    end = trainer.cluster_report()
+    assert end.mean > start.mean + 0.3, (start.mean, end.mean)
+    assert len(end.rows) == len(trainer.cluster_targets) >= 4
+
+
 @pytest.mark.parametrize("scaled_by_model", [True, False])
 def test_gradient_accumulation_is_exact(tmp_path, scaled_by_model):
     """batch 8 x GA 1 and batch 2 x GA 4 give the same update, whether or not the model scales the loss for GA."""
