@@ -6,6 +6,7 @@ Each launch runs in a subprocess with a timeout; the launched scripts call destr
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,12 +35,17 @@ def free_port() -> int:
 
 def launch(args: list[str], timeout: int = 300, env: dict[str, str] | None = None) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", **(env or {})}
+    # A session of its own, so a timeout kills the launcher's workers too instead of leaving them orphaned.
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        out, errout = (err.stdout or b"").decode()[-2000:], (err.stderr or b"").decode()[-4000:]
-        raise AssertionError(f"launch timed out after {timeout} s\n{out}\n{errout}") from None
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"launch timed out after {timeout} s\n{out[-2000:]}\n{err[-4000:]}") from None
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
 
 
 @pytest.fixture(scope="module")

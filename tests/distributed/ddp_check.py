@@ -4,6 +4,7 @@ Trains 2 SGD steps on a 4-example dataset with global batch 4 (2 per process), s
 as a single process with batch 4. Each rank writes its final weights and partitions; rank 0 also writes the logs.
 """
 
+import gc
 import json
 import os
 import sys
@@ -52,6 +53,10 @@ def main() -> None:
         info = {"world": trainer.accelerator.num_processes, "logs": trainer.state.log_history}
         (out / "logs.json").write_text(json.dumps(info))
     trainer.accelerator.wait_for_everyone()
+    # Free DDP's reducer while every peer is alive: left to interpreter exit, its gloo group's destructor can wait
+    # forever on a peer that has already gone.
+    del trainer
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -5,6 +5,7 @@ matrices and send its gradient to DeepSpeed's partitions. Same set-up as ddp_che
 rank 0 writes the final gathered weights, partitions and logs.
 """
 
+import gc
 import json
 import os
 import sys
@@ -62,6 +63,10 @@ def main() -> None:
         info = {"world": trainer.accelerator.num_processes, "logs": trainer.state.log_history}
         (out / "logs.json").write_text(json.dumps(info))
     trainer.accelerator.wait_for_everyone()
+    # Free DDP's reducer while every peer is alive: left to interpreter exit, its gloo group's destructor can wait
+    # forever on a peer that has already gone.
+    del trainer
+    gc.collect()
     dist.destroy_process_group()
 
 
