@@ -5,6 +5,7 @@ Method: Golechha et al., "Modular Training of Neural Networks aids Interpretabil
 
 __version__ = "0.1.0"
 
+from .analysis import AnalysisReport, analyze, specialisation_index
 from .card import render_card, write_card
 from .clusters import cluster_model, load_clusters, save_clusters
 from .cocluster import spectral_cocluster
@@ -15,9 +16,11 @@ from .models import ClusterNetConfig, ClusterNetForImageClassification, modular_
 from .partition import Partition
 from .score import baseline, clusterability, normalised
 from .targets import Target, find_targets, get_weight
+from .tasks import Task, causal_lm_task, classification_task, modular_addition_task
 
 
 __all__ = [
+    "AnalysisReport",
     "ClusterConfig",
     "ClusterNetConfig",
     "ClusterNetForImageClassification",
@@ -25,8 +28,12 @@ __all__ = [
     "MatrixScore",
     "Partition",
     "Target",
+    "Task",
     "__version__",
+    "analyze",
     "baseline",
+    "causal_lm_task",
+    "classification_task",
     "cluster_model",
     "clusterability",
     "find_targets",
@@ -34,10 +41,12 @@ __all__ = [
     "load_clusters",
     "measure",
     "modular_addition_model",
+    "modular_addition_task",
     "normalised",
     "push_folder",
     "render_card",
     "save_clusters",
     "spectral_cocluster",
+    "specialisation_index",
     "write_card",
 ]

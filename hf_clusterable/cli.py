@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .analysis import add_analyze_parser
 from .config import ClusterConfig, atomic_write
 from .constants import CONFIG_NAME
 from .offline import GEMMA3_270M
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login)")
     p.set_defaults(func=_push)
+
+    add_analyze_parser(sub)
     return parser
 
 
