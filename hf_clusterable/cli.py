@@ -1,4 +1,4 @@
-"""`hf-clusterable` command line: measure, push (and, as they land, demo, analyze).
+"""`hf-clusterable` command line: demo, train, measure, push, analyze.
 
 Each command checks its arguments and output paths before doing work, and a user error ends as one line on stderr
 with exit status 2 instead of a traceback.
@@ -16,7 +16,9 @@ from pathlib import Path
 from .analysis import add_analyze_parser
 from .config import ClusterConfig, atomic_write
 from .constants import CONFIG_NAME
+from .demo import add_demo_parser
 from .offline import GEMMA3_270M
+from .train import add_train_parser
 
 
 def _output_path(value: str | None, flag: str) -> Path | None:
@@ -96,6 +98,8 @@ def _push(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-clusterable", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    add_demo_parser(sub)
+    add_train_parser(sub)
 
     p = sub.add_parser("measure", help="clusterability of a model's matrices, with baselines")
     p.add_argument(

@@ -1,0 +1,565 @@
+"""`hf-clusterable train`: the recipe entry point, TRL / alignment-handbook style.
+
+    hf-clusterable train --config recipes/gpt2/wikitext103/config_full.yaml [--flag value ...]
+    accelerate launch --config_file recipes/accelerate_configs/ddp.yaml -m hf_clusterable.train --config RECIPE.yaml
+
+A recipe is a flat YAML file whose keys are the flags of four argument groups: `ScriptArguments` (task and data),
+`ModelArguments`, `ClusterArguments` (flat fields that build a `ClusterConfig`, since `HfArgumentParser` parses
+neither nested dataclasses nor `list[str] | str` unions) and transformers' `TrainingArguments` (v5 keys). Recipe values
+are defaults; flags given on the command line override them.
+
+Three tasks cover the paper's experiments: `causal_lm` (GPT-2, Pythia, Gemma... on text from the Hub or local files),
+`image_classification` (`ClusterNetForImageClassification` on MNIST / CIFAR-10 images) and `modular_addition` (the
+one-layer transformer on (a + b) mod p, built in code). Every run evaluates on a held-out split, saves the model with
+its `cluster_config.json`, `clusters.safetensors` and `cluster_metrics.json`, and writes a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .config import ClusterConfig
+
+
+logger = logging.getLogger(__name__)
+
+# Offline stand-ins usable wherever a Hub id is expected (Hub ids never contain ":").
+OFFLINE_GEMMA = "offline:gemma-3-270m"
+OFFLINE_PYDOC = "offline:pydoc"
+
+TASKS = ("causal_lm", "image_classification", "modular_addition")
+PIPELINE_TAGS = {"causal_lm": "text-generation", "image_classification": "image-classification"}
+
+# Keys that recipes written for transformers v4 / older TRL use, and what to write instead.
+_RENAMED_KEYS = {
+    "torch_dtype": "dtype (transformers v5)",
+    "overwrite_output_dir": "overwrite (removed from TrainingArguments in transformers v5)",
+    "logging_dir": "nothing: removed in transformers v5.2; loggers pick their own folder",
+    "max_seq_length": "block_size",
+    "warmup_ratio": "warmup_steps (transformers v5: a float below 1 is a ratio of the total steps)",
+    "dataset_config": "dataset_config_name",
+}
+
+
+@dataclass
+class ScriptArguments:
+    """The task, its data, and where the evaluation split comes from."""
+
+    task: Literal["causal_lm", "image_classification", "modular_addition"] = field(
+        default="causal_lm", metadata={"help": "causal_lm, image_classification or modular_addition."}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": f"Hub dataset id or a local dataset folder (e.g. an imagefolder); {OFFLINE_PYDOC} is the "
+                  "stdlib's English prose."},
+    )  # fmt: skip
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Local training file (.txt, .csv, .json, .jsonl, .parquet); replaces dataset_name."},
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Local held-out file, same format."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Held-out split; default 'validation', else 'test', else carved out of train."}
+    )
+    validation_fraction: float = field(
+        default=0.05, metadata={"help": "Share of the training split held out when the data has no other split."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the text (causal_lm)."})
+    block_size: int = field(default=1024, metadata={"help": "Tokens per training sequence (causal_lm)."})
+    packing: bool = field(
+        default=True,
+        metadata={"help": "Join documents into full blocks of block_size tokens; false pads each document instead."},
+    )
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    modulus: int = field(default=113, metadata={"help": "p in (a + b) mod p (modular_addition)."})
+    train_fraction: float = field(default=0.3, metadata={"help": "Share of all pairs used for training."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N held-out examples."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Write into a non-empty output_dir that holds no checkpoint."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
+        if self.task != "modular_addition" and not (self.dataset_name or self.train_file):
+            raise ValueError(f"task {self.task} needs data: set dataset_name (Hub id or folder) or train_file.")
+        if self.validation_file and not self.train_file:
+            raise ValueError("validation_file needs train_file too.")
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be >= 2, got {self.block_size}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+
+
+@dataclass
+class ModelArguments:
+    """A pretrained model (Hub id, local folder, GGUF) or a fresh one built from a registered model type."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": f"Hub id or local folder of a pretrained model; {OFFLINE_GEMMA} is the embedded GGUF."},
+    )
+    model_type: str | None = field(
+        default=None, metadata={"help": "Train from scratch: a registered model type (gpt2, hf_clusterable_net...)."}
+    )
+    config_overrides: dict | str | None = field(
+        default=None, metadata={"help": "Config fields to set: a YAML mapping, or a JSON string on the command line."}
+    )
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
+    dtype: str | None = field(
+        default=None, metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16 (v5 name of torch_dtype)."}
+    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2..."})
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    trainable_parameters: str | None = field(
+        default=None,
+        metadata={"help": "Regex over parameter names: only matches train (e.g. 'mlp' trains the MLPs alone)."},
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (the loss sees W + BA)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules given adapters; default: PEFT's choice for the architecture."}
+    )
+
+    def __post_init__(self) -> None:
+        if (self.model_name_or_path is None) == (self.model_type is None):
+            raise ValueError(
+                "set exactly one of model_name_or_path (pretrained) and model_type (from scratch), got "
+                f"{self.model_name_or_path!r} and {self.model_type!r}."
+            )
+        if isinstance(self.config_overrides, str):
+            try:
+                self.config_overrides = json.loads(self.config_overrides)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"config_overrides must be a JSON object, e.g. '{{\"n_layer\": 2}}': {err}") from err
+        if self.config_overrides is not None and not isinstance(self.config_overrides, dict):
+            raise ValueError(f"config_overrides must be a mapping, got {self.config_overrides!r}.")
+        if self.use_peft and self.trainable_parameters:
+            raise ValueError("use either use_peft or trainable_parameters, not both.")
+        if self.trainable_parameters:
+            try:
+                re.compile(self.trainable_parameters)
+            except re.error as err:
+                raise ValueError(f"trainable_parameters is not a valid regex: {err}") from err
+
+
+@dataclass
+class ClusterArguments:
+    """`ClusterConfig` as flat flags (see `hf_clusterable.ClusterConfig` for the meaning of each)."""
+
+    n_clusters: int = field(default=4, metadata={"help": "Clusters per matrix (k)."})
+    cluster_targets: list[str] | None = field(
+        default=None, metadata={"help": "Module names or suffixes to cluster; default: the model type's MLPs."}
+    )
+    cluster_target_regex: str | None = field(
+        default=None, metadata={"help": "Regex over module names instead of cluster_targets (matrices alone)."}
+    )
+    cluster_coupled: bool = field(
+        default=True, metadata={"help": "One set of labels per MLP, so every cluster is a sub-MLP."}
+    )
+    cluster_loss_weight: float = field(default=20.0, metadata={"help": "lambda in task + lambda * (1 - mean C)."})
+    cluster_init: Literal["spectral", "blocks"] = field(
+        default="spectral", metadata={"help": "spectral co-clustering (pretrained) or fixed blocks (from scratch)."}
+    )
+    cluster_step: int = field(default=0, metadata={"help": "Plain steps before spectral clusters are computed."})
+    recluster_every: int = field(default=0, metadata={"help": "Re-cluster every N steps; 0 keeps clusters fixed."})
+    cluster_balance: float = field(default=0.5, metadata={"help": "Allowed relative deviation of cluster sizes."})
+    cluster_seed: int | None = field(default=None, metadata={"help": "Co-clustering seed; default: the run's seed."})
+
+    def to_cluster_config(self, default_seed: int) -> ClusterConfig:
+        if self.cluster_targets and self.cluster_target_regex:
+            raise ValueError("use either cluster_targets or cluster_target_regex, not both.")
+        return ClusterConfig(
+            n_clusters=self.n_clusters,
+            targets=self.cluster_targets or self.cluster_target_regex or None,
+            coupled=self.cluster_coupled,
+            loss_weight=float(self.cluster_loss_weight),
+            init=self.cluster_init,
+            cluster_step=self.cluster_step,
+            recluster_every=self.recluster_every,
+            balance=float(self.cluster_balance),
+            seed=default_seed if self.cluster_seed is None else self.cluster_seed,
+        )
+
+
+ArgumentGroups = tuple[ScriptArguments, ModelArguments, ClusterArguments, TrainingArguments]
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser(
+        (ScriptArguments, ModelArguments, ClusterArguments, TrainingArguments),
+        prog="hf-clusterable train",
+        description="Train with the clusterability loss from a YAML recipe; flags override the recipe's values.",
+    )
+    parser.add_argument("--config", default=None, help="YAML recipe whose keys are defaults for the flags below.")
+    return parser
+
+
+def read_recipe(path: str, known: set[str]) -> dict:
+    """The recipe's key -> value mapping, refusing unknown keys (with the v5 name for renamed ones)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config {path}: no such recipe file.")
+    try:
+        recipe = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(recipe, dict):
+        raise ValueError(f"--config {path} must be a mapping of flag names to values.")
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        hints = "; ".join(f"{k} -> {_RENAMED_KEYS[k]}" for k in unknown if k in _RENAMED_KEYS)
+        raise ValueError(
+            f"unknown key(s) {unknown} in {path}" + (f" ({hints})" if hints else "") + "; see hf-clusterable train -h."
+        )
+    return recipe
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ArgumentGroups:
+    """Recipe values as defaults, then the command line on top (the TRL parser's behaviour)."""
+    import torch
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not torch.accelerator.is_available():
+        # Without use_cpu, TrainingArguments on a machine with no accelerator ignores a multi-process launch: every
+        # process would train alone on all the data. With it, accelerate runs DDP over CPU processes (gloo).
+        parser.set_defaults(use_cpu=True)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    config_path = pre.parse_known_args(argv)[0].config
+    if config_path is not None:
+        known = {action.dest for action in parser._actions} - {"help", "config"}
+        parser.set_defaults(**read_recipe(config_path, known))
+    *groups, _ = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    return tuple(groups)
+
+
+# ---- checks, data and model ---------------------------------------------------------------------------------------
+
+
+def check_output_dir(args: TrainingArguments, overwrite: bool) -> str | None:
+    """The checkpoint to resume from, or None; refuses to write into a non-empty folder that holds no checkpoint."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file; give a folder.")
+    if args.resume_from_checkpoint:
+        if not Path(args.resume_from_checkpoint).is_dir():
+            raise FileNotFoundError(f"resume_from_checkpoint {args.resume_from_checkpoint}: no such folder.")
+        return args.resume_from_checkpoint
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    last = get_last_checkpoint(str(out))
+    if last is None and not overwrite:
+        raise ValueError(
+            f"output_dir {out} is not empty and holds no checkpoint; pass --overwrite to write into it, "
+            "or choose another --output_dir."
+        )
+    return last
+
+
+def load_raw_data(script_args: ScriptArguments):
+    from datasets import load_dataset
+
+    from .data import load_files, pydoc_dataset
+
+    if script_args.train_file:
+        if script_args.dataset_name:
+            logger.warning("train_file given: using local files instead of dataset %s.", script_args.dataset_name)
+        return load_files(script_args.train_file, script_args.validation_file)
+    if script_args.dataset_name == OFFLINE_PYDOC:
+        return pydoc_dataset(seed=0)
+    name = script_args.dataset_name
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(f"dataset_name {name}: no such folder.")
+    return load_dataset(name, script_args.dataset_config_name)
+
+
+def resolve_model_path(model_args: ModelArguments) -> tuple[str, str | None]:
+    """(path or Hub id, GGUF file) of the pretrained model."""
+    if model_args.model_name_or_path == OFFLINE_GEMMA:
+        from .offline import gemma3_270m_gguf
+
+        return gemma3_270m_gguf()
+    name = model_args.model_name_or_path
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model_name_or_path {name}: no such folder.")
+    return name, model_args.gguf_file
+
+
+def load_model(model_args: ModelArguments, task: str, label_names: list[str] | None = None):
+    """The model for `task`; fresh models get their label count from the data."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification
+
+    from . import models  # noqa: F401  (registers hf_clusterable_net with the Auto classes)
+
+    auto = AutoModelForImageClassification if task == "image_classification" else AutoModelForCausalLM
+    overrides = dict(model_args.config_overrides or {})
+    if model_args.model_type is not None:
+        if label_names is not None and "num_labels" not in overrides:
+            overrides["num_labels"] = len(label_names)
+            overrides["id2label"] = dict(enumerate(label_names))
+            overrides["label2id"] = {name: i for i, name in enumerate(label_names)}
+        try:
+            config = AutoConfig.for_model(model_args.model_type, **overrides)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"cannot build a {model_args.model_type!r} config: {err}") from err
+        return auto.from_config(config, **_optional(dtype=model_args.dtype))
+    path, gguf_file = resolve_model_path(model_args)
+    kwargs = _optional(
+        revision=model_args.model_revision if path == model_args.model_name_or_path else None,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        gguf_file=gguf_file,
+    )
+    model = auto.from_pretrained(path, **kwargs, **overrides)
+    if gguf_file is not None:
+        dequantised(model)
+    return model
+
+
+def dequantised(model):
+    """Clear the GGUF marks of a model transformers has already de-quantised into plain float tensors.
+
+    The weights are ordinary `nn.Linear` parameters, but the model keeps the GGUF "quantizer", so `Trainer` would
+    refuse to fine-tune it and `save_pretrained` would record a quantization config that the saved floats do not have.
+    """
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    return model
+
+
+def load_tokenizer(model_args: ModelArguments):
+    from transformers import AutoTokenizer
+
+    if model_args.tokenizer_name_or_path:
+        return AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path)
+    if model_args.model_type is not None:
+        raise ValueError("a model built from model_type needs tokenizer_name_or_path for text.")
+    path, gguf_file = resolve_model_path(model_args)
+    return AutoTokenizer.from_pretrained(path, **_optional(gguf_file=gguf_file))
+
+
+def _optional(**kwargs):
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def limit(dataset, n: int | None):
+    return dataset.select(range(min(n, len(dataset)))) if n is not None else dataset
+
+
+def prepare_model(model, model_args: ModelArguments):
+    """LoRA adapters or a frozen subset, as asked."""
+    if model_args.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
+    if model_args.trainable_parameters:
+        pattern = re.compile(model_args.trainable_parameters)
+        kept = 0
+        for name, param in model.named_parameters():
+            param.requires_grad_(bool(pattern.search(name)))
+            kept += param.numel() if param.requires_grad else 0
+        if kept == 0:
+            raise ValueError(f"trainable_parameters {model_args.trainable_parameters!r} matches no parameter name.")
+        total = sum(p.numel() for p in model.parameters())
+        logger.info("training %d of %d parameters (%.1f%%)", kept, total, 100 * kept / total)
+    return model
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+
+
+def run(script_args: ScriptArguments, model_args: ModelArguments, cluster_args: ClusterArguments, args) -> dict:
+    """Train, evaluate on the held-out split, save and write the card; returns the final evaluation metrics."""
+    import torch.distributed as dist
+    from transformers import set_seed
+
+    from .data import (
+        DataCollatorForCausalLM,
+        accuracy,
+        answer_logits,
+        held_out_splits,
+        image_transform,
+        modular_addition,
+        modular_addition_accuracy,
+        tokenize_for_causal_lm,
+    )
+    from .trainer import ClusterableTrainer
+
+    cluster_config = cluster_args.to_cluster_config(args.seed)  # a bad cluster setting fails before any work
+    checkpoint = check_output_dir(args, script_args.overwrite)
+    if checkpoint is not None:
+        logger.info("resuming from checkpoint %s", checkpoint)
+    task = script_args.task
+    set_seed(args.seed)
+
+    trainer_kwargs: dict = {}
+    if task == "modular_addition":
+        raw = modular_addition(p=script_args.modulus, train_fraction=script_args.train_fraction, seed=args.seed)
+        train_data, eval_data, eval_name = raw["train"], raw["test"], "test"
+        trainer_kwargs.update(compute_metrics=modular_addition_accuracy, preprocess_logits_for_metrics=answer_logits)
+    else:
+        with args.main_process_first(desc="loading data"):
+            raw = load_raw_data(script_args)
+        train_data, eval_data, eval_name = held_out_splits(
+            raw, script_args.train_split, script_args.eval_split, script_args.validation_fraction, args.seed
+        )
+    train_data = limit(train_data, script_args.max_train_samples)
+    eval_data = limit(eval_data, script_args.max_eval_samples)
+    logger.info("%d training and %d held-out (%s) examples", len(train_data), len(eval_data), eval_name)
+
+    label_names = None
+    if task == "image_classification":
+        for column in (script_args.image_column, script_args.label_column):
+            if column not in train_data.column_names:
+                raise ValueError(f"no column {column!r} in the data (it has {train_data.column_names}).")
+        feature = train_data.features[script_args.label_column]
+        label_names = feature.names if hasattr(feature, "names") else None
+        if label_names is None:
+            label_names = [str(i) for i in range(max(train_data[script_args.label_column]) + 1)]
+
+    model = load_model(model_args, task, label_names)
+    if task == "modular_addition" and model.config.vocab_size < script_args.modulus + 1:
+        raise ValueError(
+            f"vocab_size {model.config.vocab_size} is too small for modulus {script_args.modulus}: it needs "
+            f"{script_args.modulus + 1} tokens (the numbers and '=')."
+        )
+    if task == "image_classification":
+        transform = image_transform(
+            model.config.num_channels, model.config.image_size, script_args.image_column, script_args.label_column
+        )
+        train_data, eval_data = train_data.with_transform(transform), eval_data.with_transform(transform)
+        args.remove_unused_columns = False  # the transform reads the raw image column the model never sees
+        trainer_kwargs["compute_metrics"] = accuracy
+    if task == "causal_lm":
+        tokenizer = load_tokenizer(model_args)
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("the tokenizer has neither a pad nor an EOS token; set one in its files.")
+            tokenizer.pad_token = tokenizer.eos_token  # padding is masked by length, so EOS stays trained
+        max_positions = getattr(model.config, "max_position_embeddings", None)
+        if max_positions is not None and script_args.block_size > max_positions:
+            raise ValueError(f"block_size {script_args.block_size} exceeds the model's {max_positions} positions.")
+        with args.main_process_first(desc="tokenising"):
+            train_data, eval_data = (
+                tokenize_for_causal_lm(
+                    d,
+                    tokenizer,
+                    script_args.text_column,
+                    script_args.block_size,
+                    script_args.packing,
+                    script_args.preprocessing_num_workers,
+                )
+                for d in (train_data, eval_data)
+            )
+        if len(train_data) == 0 or len(eval_data) == 0:
+            raise ValueError(
+                f"no full block of {script_args.block_size} tokens in the training or held-out text; "
+                "lower block_size or set packing false."
+            )
+        trainer_kwargs["data_collator"] = DataCollatorForCausalLM(tokenizer.pad_token_id)
+        trainer_kwargs["processing_class"] = tokenizer
+    model = prepare_model(model, model_args)
+
+    trainer = ClusterableTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        cluster_config=cluster_config,
+        **trainer_kwargs,
+    )
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    trainer.save_model(args.output_dir)
+
+    metrics = trainer.evaluate()
+    if task == "causal_lm" and "eval_loss" in metrics:
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    dataset = None if script_args.train_file else script_args.dataset_name
+    trainer.create_model_card(
+        finetuned_from=model_args.model_name_or_path,
+        dataset=dataset,
+        tasks=PIPELINE_TAGS.get(task),
+        metrics=metrics,
+    )
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset=dataset, tasks=PIPELINE_TAGS.get(task), metrics=metrics)
+    if dist.is_available() and dist.is_initialized():  # a clean exit: without it gloo runs abort now and then
+        trainer.accelerator.wait_for_everyone()
+        dist.destroy_process_group()
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    script_args, model_args, cluster_args, training_args = parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    logger.info(
+        "task %s, %d process(es), output_dir %s",
+        script_args.task,
+        training_args.world_size,
+        os.path.abspath(training_args.output_dir),
+    )
+    run(script_args, model_args, cluster_args, training_args)
+    return 0
+
+
+def add_train_parser(subparsers) -> None:
+    """`hf-clusterable train ...`: every argument goes to this module's own parser (see `-h`)."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train from a YAML recipe with the clusterability loss (single process; see -h)",
+        add_help=False,
+        prefix_chars="\0",  # no option of its own: everything, -h included, reaches the recipe parser
+    )
+    parser.add_argument("argv", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=lambda args: main(args.argv))
+
+
+if __name__ == "__main__":  # python -m hf_clusterable.train / accelerate launch -m hf_clusterable.train
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))
