@@ -239,12 +239,15 @@ def write_card(
     config: ClusterConfig,
     *,
     pipeline_tag: str | None = None,
+    heatmap_png: bytes | None = None,
     **card_kwargs: Any,
 ) -> ModelCard:
     """Render `README.md` into `output_dir` and write the heatmap it embeds next to it.
 
     The heatmap needs the optional matplotlib (`pip install hf-clusterable[plots]`); without it the card simply has
-    no image. `pipeline_tag` defaults from the model's class, other `card_kwargs` go to `render_card`.
+    no image. `heatmap_png` is one already rendered (the trainer renders it where sharded weights can be gathered);
+    otherwise it is drawn from `model`. `pipeline_tag` defaults from the model's class, other `card_kwargs` go to
+    `render_card`.
     """
     from peft import PeftModel
 
@@ -254,7 +257,10 @@ def write_card(
     card_kwargs["library_name"] = "peft" if isinstance(model, PeftModel) else "transformers"
     render_card(report, config, **card_kwargs)  # bad input fails here, before anything is written
     heatmap = None
-    if report is not None:
+    if heatmap_png is not None:
+        atomic_write(Path(output_dir, HEATMAP_NAME), heatmap_png)
+        heatmap = HEATMAP_NAME
+    elif report is not None:
         try:
             plot_blocks(model, report.partitions, Path(output_dir, HEATMAP_NAME))
             heatmap = HEATMAP_NAME

@@ -29,6 +29,11 @@ def is_zero3(module: nn.Module) -> bool:
     return hasattr(stored_weight(module), "ds_id")
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """True when no single process holds the module's whole weight (ZeRO-3 partitions, FSDP2 DTensor shards)."""
+    return is_zero3(module) or isinstance(stored_weight(module), DTensor)
+
+
 def _global_sum(x: torch.Tensor, group) -> torch.Tensor:
     """All-reduced value of `x`, carrying the gradient of this process's own term only."""
     total = x.detach().clone()

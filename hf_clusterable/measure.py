@@ -7,6 +7,7 @@ and the normalised score (C - B) / (1 - B), which is 0 for an unstructured matri
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,13 +89,26 @@ class ClusterReport:
 
 
 @torch.no_grad()
-def score_matrices(model: nn.Module, targets: list[Target], partitions: dict[str, Partition]) -> list[MatrixScore]:
-    modules = dict(base_model(model).named_modules())
+def score_weights(
+    weights: Mapping[str, torch.Tensor], targets: list[Target], partitions: Mapping[str, Partition]
+) -> list[MatrixScore]:
+    """Scores of the given `(out, in)` weights, one row per target."""
     rows = []
     for t in targets:
         p = partitions[t.name]
-        rows.append(MatrixScore(t.name, t.shape, float(clusterability(full_weight(modules[t.name]), p)), baseline(p)))
+        rows.append(MatrixScore(t.name, t.shape, float(clusterability(weights[t.name], p)), baseline(p)))
     return rows
+
+
+def gather_weights(model: nn.Module, targets: list[Target]) -> dict[str, torch.Tensor]:
+    """Every target's whole `(out, in)` weight (gathered from shards: a collective under ZeRO-3 and FSDP2)."""
+    modules = dict(base_model(model).named_modules())
+    return {t.name: full_weight(modules[t.name]) for t in targets}
+
+
+@torch.no_grad()
+def score_matrices(model: nn.Module, targets: list[Target], partitions: dict[str, Partition]) -> list[MatrixScore]:
+    return score_weights(gather_weights(model, targets), targets, partitions)
 
 
 def resolve_clusters(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -29,29 +30,27 @@ def reordered(weight: torch.Tensor, partition: Partition, resolution: int = 256)
     return F.adaptive_avg_pool2d(image[None, None], size)[0, 0]
 
 
-def plot_blocks(
-    model: nn.Module,
-    partitions: dict[str, Partition],
-    path: str | os.PathLike,
-    *,
-    max_panels: int = 24,
-    resolution: int = 256,
-) -> str:
-    """Write a PNG grid of block-reordered heatmaps for up to `max_panels` target matrices (evenly spaced)."""
+def panel_names(partitions: Mapping[str, Partition], max_panels: int = 24) -> list[str]:
+    """Which matrices get a panel: all of them, or `max_panels` evenly spaced through the model."""
+    names = list(partitions)
+    if len(names) <= max_panels:
+        return names
+    step = len(names) / max_panels
+    return [names[int(i * step)] for i in range(max_panels)]
+
+
+def render_blocks(
+    weights: Mapping[str, torch.Tensor], partitions: Mapping[str, Partition], *, resolution: int = 256
+) -> bytes:
+    """PNG bytes of a grid of block-reordered heatmaps, one panel per entry of `weights` (read as `(out, in)`)."""
     from matplotlib.figure import Figure  # optional dependency: only needed for plots
 
-    modules = dict(base_model(model).named_modules())
-    names = list(partitions)
-    if len(names) > max_panels:
-        step = len(names) / max_panels
-        names = [names[int(i * step)] for i in range(max_panels)]
-    ncols = min(len(names), 6)
-    nrows = math.ceil(len(names) / ncols)
+    ncols = min(len(weights), 6)
+    nrows = math.ceil(len(weights) / ncols)
     fig = Figure(figsize=(3.2 * ncols, 3.0 * nrows), layout="constrained")
-    for i, name in enumerate(names):
+    for i, (name, weight) in enumerate(weights.items()):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         p = partitions[name]
-        weight = full_weight(modules[name])
         image = reordered(weight, p, resolution)
         vmax = float(torch.quantile(image.flatten(), 0.99)) or 1.0
         ax.imshow(image.numpy(), cmap="magma", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
@@ -68,5 +67,22 @@ def plot_blocks(
         ax.set_yticks([])
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def plot_blocks(
+    model: nn.Module,
+    partitions: dict[str, Partition],
+    path: str | os.PathLike,
+    *,
+    max_panels: int = 24,
+    resolution: int = 256,
+) -> str:
+    """Write a PNG grid of block-reordered heatmaps for up to `max_panels` target matrices (evenly spaced).
+
+    Sharded weights are gathered, so under ZeRO-3 or FSDP2 every process must call it.
+    """
+    modules = dict(base_model(model).named_modules())
+    weights = {name: full_weight(modules[name]) for name in panel_names(partitions, max_panels)}
+    atomic_write(path, render_blocks(weights, partitions, resolution=resolution))
     return str(path)

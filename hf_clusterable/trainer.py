@@ -24,9 +24,11 @@ from .card import write_card
 from .clusters import check_clusters, cluster_model, load_clusters, save_clusters
 from .config import ClusterConfig, atomic_write
 from .constants import CLUSTERS_NAME, CONFIG_NAME, METRICS_NAME
+from .distributed import is_sharded
 from .loss import ClusterabilityLoss
-from .measure import ClusterReport, score_matrices
+from .measure import ClusterReport, gather_weights, score_matrices, score_weights
 from .partition import Partition
+from .plot import panel_names, render_blocks
 from .targets import base_model, find_targets
 
 
@@ -89,6 +91,8 @@ class ClusterableTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self._step_task_loss: torch.Tensor | float = 0.0
+        self._snapshot: tuple[ClusterReport, bytes | None] | None = None
+        self._snapshot_key: tuple[int, int] | None = None  # (step, partitions) the snapshot belongs to
         if isinstance(inner, PreTrainedModel):
             inner.add_model_tags(self._tag_names)
         if config.init == "blocks":
@@ -199,18 +203,59 @@ class ClusterableTrainer(Trainer):
         return self._scores()
 
     def _scores(self) -> ClusterReport | None:
-        """Scores under the partitions in use; never clusters, so main-process-only code paths may call it."""
+        """Scores under the partitions in use; never clusters. Gathers sharded weights: call on every process."""
         if self.partitions is None:
             return None
         rows = score_matrices(self.model, self.cluster_targets, self.partitions)
         return ClusterReport(rows, self.cluster_config.n_clusters, self.partitions)
+
+    def _sharded(self) -> bool:
+        modules = dict(base_model(self.model).named_modules())
+        return any(is_sharded(modules[t.name]) for t in self.cluster_targets)
+
+    def _take_snapshot(self) -> None:
+        """Score (and draw) the weights about to be saved, on every process, before the main-process-only writes.
+
+        Sharded weights (ZeRO-3, FSDP2) can only be gathered by all processes together, while the cluster files and
+        the model card are written by the main process alone; so the gather happens here, once per step. Unsharded
+        weights need no snapshot: the main process scores them directly.
+        """
+        step = self.state.global_step
+        if self.partitions is None or not self._sharded() or self._snapshot_key == (step, id(self.partitions)):
+            return
+        self._snapshot_key = (step, id(self.partitions))
+        weights = gather_weights(self.model, self.cluster_targets)  # a collective: every process takes part
+        if not self.args.should_save:
+            return
+        rows = score_weights(weights, self.cluster_targets, self.partitions)
+        heatmap = None
+        try:
+            panels = panel_names(self.partitions)
+            heatmap = render_blocks({n: weights[n] for n in panels}, self.partitions)
+        except ImportError:
+            pass  # no matplotlib: the card goes without its heatmap
+        self._snapshot = (ClusterReport(rows, self.cluster_config.n_clusters, self.partitions), heatmap)
+
+    def _saved_report(self) -> tuple[ClusterReport | None, bytes | None]:
+        """(scores, pre-rendered heatmap or None) for main-process-only writes; never communicates."""
+        if self.partitions is None:
+            return None, None
+        if self._sharded():
+            return (
+                self._snapshot if self._snapshot_key == (self.state.global_step, id(self.partitions)) else (None, None)
+            )
+        return self._scores(), None
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        self._take_snapshot()
+        super().save_model(output_dir, _internal_call)
 
     def save_cluster_files(self, output_dir: str) -> None:
         """Write `cluster_config.json`, `clusters.safetensors` and `cluster_metrics.json` (main process only)."""
         if not self.args.should_save:
             return
         self.cluster_config.save_pretrained(output_dir)
-        report = self._scores()
+        report, _ = self._saved_report()
         if report is not None:
             save_clusters(output_dir, self.partitions)
             metrics = {"global_step": self.state.global_step, **report.to_dict()}
@@ -248,11 +293,13 @@ class ClusterableTrainer(Trainer):
         if model_name is None:
             model_name = hub_id.split("/")[-1] if hub_id else os.path.basename(os.path.abspath(self.args.output_dir))
         tags = [tags] if isinstance(tags, str) else list(tags or [])
+        report, heatmap = self._saved_report()
         write_card(
             self.args.output_dir,
             self.model,
-            self._scores(),
+            report,
             self.cluster_config,
+            heatmap_png=heatmap,
             model_name=model_name,
             repo_id=hub_id or model_name,
             base_model=finetuned_from or self.cluster_config.base_model_name_or_path,
@@ -279,6 +326,7 @@ class ClusterableTrainer(Trainer):
         # Trainer's checkpoint push copies only model files from the checkpoint into output_dir, so put ours and the
         # card there first (the TRL pattern for model cards).
         self._hide_hub_token()
+        self._take_snapshot()
         if self.args.push_to_hub and self.args.hub_strategy != HubStrategy.END:
             self.save_cluster_files(self.args.output_dir)
             self.create_model_card()

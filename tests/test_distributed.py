@@ -5,10 +5,6 @@ Each launch runs in a subprocess with a timeout; the launched scripts call destr
 
 import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,32 +16,10 @@ from transformers import TrainingArguments
 from hf_clusterable import ClusterConfig, load_clusters
 from hf_clusterable.trainer import ClusterableTrainer
 from tests.test_trainer import NO_DROPOUT, pattern_data
-from tests.testing_utils import tiny_model
+from tests.testing_utils import free_port, run_launch, tiny_model
 
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).parent / "distributed"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(args: list[str], timeout: int = 300, env: dict[str, str] | None = None) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", **(env or {})}
-    # A session of its own, so a timeout kills the launcher's workers too instead of leaving them orphaned.
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"launch timed out after {timeout} s\n{out[-2000:]}\n{err[-4000:]}") from None
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +55,7 @@ def check_against(reference: ClusterableTrainer, out: Path, ranks: tuple[int, ..
 
 
 def test_ddp_two_processes_match_a_single_process(tmp_path, reference):
-    launch(
+    run_launch(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
          "--main_process_port", str(free_port()), str(SCRIPTS / "ddp_check.py"), str(tmp_path)]
@@ -92,7 +66,7 @@ def test_ddp_two_processes_match_a_single_process(tmp_path, reference):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (CPU build)")
 def test_zero3_two_processes_match_a_single_process(tmp_path, reference):
-    launch(
+    run_launch(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          str(SCRIPTS / "zero3_check.py"), str(tmp_path)],
         timeout=600,
@@ -103,7 +77,7 @@ def test_zero3_two_processes_match_a_single_process(tmp_path, reference):
 
 def test_fsdp2_sharded_weights_match_a_single_process(tmp_path):
     out = tmp_path / "fsdp2.json"
-    launch(
+    run_launch(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          str(SCRIPTS / "fsdp2_check.py"), str(out)]
     )  # fmt: skip
