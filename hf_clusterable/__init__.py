@@ -5,7 +5,8 @@ Method: Golechha et al., "Modular Training of Neural Networks aids Interpretabil
 
 __version__ = "0.1.0"
 
-from .analysis import AnalysisReport, analyze, specialisation_index
+from .ablation import specialisation_index
+from .analysis import analyze
 from .card import render_card, write_card
 from .clusters import cluster_model, load_clusters, save_clusters
 from .cocluster import spectral_cocluster
@@ -14,9 +15,11 @@ from .hub import push_folder
 from .measure import ClusterReport, MatrixScore, measure
 from .models import ClusterNetConfig, ClusterNetForImageClassification, modular_addition_model
 from .partition import Partition
+from .report import AnalysisReport
 from .score import baseline, clusterability, normalised
 from .targets import Target, find_targets, get_weight
 from .tasks import Task, causal_lm_task, classification_task, modular_addition_task
+from .trainer import ClusterableTrainer
 
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "ClusterNetConfig",
     "ClusterNetForImageClassification",
     "ClusterReport",
+    "ClusterableTrainer",
     "MatrixScore",
     "Partition",
     "Target",

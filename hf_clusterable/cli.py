@@ -17,6 +17,7 @@ from .analysis import add_analyze_parser
 from .config import ClusterConfig, atomic_write
 from .constants import CONFIG_NAME
 from .demo import add_demo_parser
+from .models import load_model
 from .offline import GEMMA3_270M
 from .train import add_train_parser
 
@@ -33,24 +34,6 @@ def _output_path(value: str | None, flag: str) -> Path | None:
     if not os.access(path.parent, os.W_OK):
         raise ValueError(f"{flag} {value}: folder {path.parent} is not writable.")
     return path
-
-
-def load_model(name: str | None, gguf_file: str | None = None):
-    """A model from a local folder or Hub id (causal LM when the architecture has one), or the embedded Gemma."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    if name is None:
-        from .offline import load_gemma3_270m
-
-        return load_gemma3_270m()
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise FileNotFoundError(f"{name}: no such model folder; give a local folder or a Hub id like 'org/name'.")
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    config = AutoConfig.from_pretrained(name, **kwargs)
-    auto = AutoModelForCausalLM if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else AutoModel
-    return auto.from_pretrained(name, **kwargs)
 
 
 def _measure(args: argparse.Namespace) -> int:

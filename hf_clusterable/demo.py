@@ -24,10 +24,12 @@ from .config import ClusterConfig, atomic_write
 from .constants import HEATMAP_NAME
 from .data import answer_logits, modular_addition, modular_addition_accuracy
 from .models import modular_addition_model
+from .tasks import save_modular_addition_split
 from .trainer import ClusterableTrainer
 
 
 DEMO_RESULTS_NAME = "demo_results.json"
+MODULUS, TRAIN_FRACTION = 113, 0.3  # the demo's task: (a + b) mod 113, trained on 30% of the pairs
 
 
 def modular_addition_trainer(
@@ -122,7 +124,13 @@ class DemoProgress(TrainerCallback):
 
 def _train(output_dir: str, label: str, args: argparse.Namespace, loss_weight: float):
     trainer = modular_addition_trainer(
-        output_dir, loss_weight=loss_weight, seed=args.seed, max_steps=args.max_steps, disable_tqdm=True
+        output_dir,
+        loss_weight=loss_weight,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        p=MODULUS,
+        train_fraction=TRAIN_FRACTION,
+        disable_tqdm=True,
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts; DemoProgress prints what matters
     trainer.add_callback(DemoProgress(label))
@@ -146,7 +154,7 @@ def run_demo(args: argparse.Namespace) -> int:
     transformers.logging.disable_progress_bar()
 
     print(
-        f"Training the paper's 1-layer transformer on (a + b) mod 113 from scratch: {args.max_steps} steps, "
+        f"Training the paper's 1-layer transformer on (a + b) mod {MODULUS} from scratch: {args.max_steps} steps, "
         f"k = 4 clusters, lambda = {args.loss_weight:g}, seed {args.seed}, {torch.get_num_threads()} CPU threads."
         + ("\nThen the same run with lambda = 0 as a reference." if args.reference else ""),
         flush=True,
@@ -158,6 +166,7 @@ def run_demo(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             _, reference = _train(tmp, "lambda = 0 (reference)", args, 0.0)
     trainer.save_model()
+    save_modular_addition_split(out, p=MODULUS, train_fraction=TRAIN_FRACTION, seed=args.seed)  # for `analyze`
     trainer.create_model_card(
         model_name=out.resolve().name,
         tasks="text-generation",

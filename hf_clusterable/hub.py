@@ -23,6 +23,7 @@ from .clusters import save_clusters
 from .config import ClusterConfig, atomic_write
 from .constants import CLUSTERS_NAME, CONFIG_NAME, METRICS_NAME
 from .measure import ClusterReport, measure
+from .models import load_model
 
 
 # What Trainer.push_to_hub leaves out (private files, checkpoints), plus hidden files such as atomic_write's temps.
@@ -37,8 +38,6 @@ def prepare_folder(folder: str | os.PathLike, repo_id: str) -> ClusterReport:
     partitions do not fit the weights. Then writes `README.md` (with its heatmap), `clusters.safetensors` and
     `cluster_metrics.json` where missing, from `measure(model, folder)`; existing files are kept as they are.
     """
-    from .cli import load_model
-
     folder = Path(folder)
     try:
         validate_repo_id(repo_id)

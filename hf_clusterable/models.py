@@ -3,15 +3,21 @@
 `ClusterNetForImageClassification` is the paper's CNN/MLP family (convolutions, then fully connected layers, which are
 the clustered matrices); with no convolutions it is a plain MLP, e.g. for scikit-learn's 8x8 digits.
 `modular_addition_model` is the paper's one-layer transformer on (a + b) mod p, built as a GPT-2.
+`load_model` loads any other model by name (a local folder or Hub id), for commands that take one.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
     AutoModelForImageClassification,
     GPT2Config,
     GPT2LMHeadModel,
@@ -19,6 +25,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 
 class ClusterNetConfig(PretrainedConfig):
@@ -110,3 +117,18 @@ def modular_addition_model(p: int = 113, d_model: int = 128, n_heads: int = 4, d
         eos_token_id=p,
     )
     return GPT2LMHeadModel(config)
+
+
+def load_model(name: str | None, gguf_file: str | None = None):
+    """A model from a local folder or Hub id (causal LM when the architecture has one), or the embedded Gemma."""
+    if name is None:
+        from .offline import load_gemma3_270m
+
+        return load_gemma3_270m()
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(f"{name}: no such model folder; give a local folder or a Hub id like 'org/name'.")
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(name, **kwargs)
+    auto = AutoModelForCausalLM if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else AutoModel
+    return auto.from_pretrained(name, **kwargs)

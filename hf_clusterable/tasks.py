@@ -8,16 +8,22 @@ looked up in the same table, which is what a category's false-positive rate need
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from .config import atomic_write, resolve_file
+
 
 TOKEN_CATEGORIES = ("frequency", "type")
+# Saved next to a modular-addition model: how its pairs were split, so `analyze` rebuilds the same held-out set.
+TASK_NAME = "task.json"
 Batch = dict[str, torch.Tensor]
 
 
@@ -122,7 +128,8 @@ def modular_addition_task(
 ) -> Task:
     """(a + b) mod p from `data.modular_addition`; one category per answer value.
 
-    `seed` and `train_fraction` must be the ones the model was trained with, or "test" holds training pairs.
+    `seed` and `train_fraction` must be the ones the model was trained with, or "test" holds training pairs
+    (`load_modular_addition_split` reads them from a checkpoint's `task.json`).
     `split` is "test", "train" or "all".
     """
     from .data import modular_addition
@@ -141,6 +148,35 @@ def modular_addition_task(
         table,
         list(map(str, range(p))),
     )
+
+
+def save_modular_addition_split(output_dir: str | os.PathLike, *, p: int, train_fraction: float, seed: int) -> None:
+    """Write `task.json` (task, p, train_fraction, seed) into `output_dir`, the folder of the trained model.
+
+    The held-out pairs are fixed by these three numbers alone; Trainer keeps the seed only in its pickled
+    `training_args.bin`, which analysis should not have to unpickle.
+    """
+    data = {"task": "modular_addition", "p": p, "train_fraction": train_fraction, "seed": seed}
+    atomic_write(Path(output_dir, TASK_NAME), json.dumps(data, indent=2) + "\n")
+
+
+def load_modular_addition_split(path_or_repo: str | os.PathLike) -> dict[str, Any] | None:
+    """`{"p", "train_fraction", "seed"}` from the `task.json` of a model folder or Hub repo; None if it has none."""
+    try:
+        path = resolve_file(path_or_repo, TASK_NAME)
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not readable JSON: {err}") from err
+    if not isinstance(data, dict) or data.get("task") != "modular_addition":
+        raise ValueError(f"{path} does not describe a modular_addition split: {data!r}.")
+    p, fraction, seed = data.get("p"), data.get("train_fraction"), data.get("seed")
+    integers = all(isinstance(v, int) and not isinstance(v, bool) for v in (p, seed))
+    if not (integers and p >= 2 and isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise ValueError(f"{path} needs an integer p >= 2, a train_fraction in (0, 1) and an integer seed: {data!r}.")
+    return {"p": p, "train_fraction": float(fraction), "seed": seed}
 
 
 # ---- causal language modelling ---------------------------------------------------------------------------------

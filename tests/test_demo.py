@@ -9,6 +9,7 @@ from hf_clusterable import ClusterConfig, load_clusters
 from hf_clusterable.cli import main
 from hf_clusterable.constants import CLUSTERS_NAME, CONFIG_NAME, HEATMAP_NAME
 from hf_clusterable.demo import DEMO_RESULTS_NAME
+from hf_clusterable.tasks import TASK_NAME, load_modular_addition_split
 
 
 def test_short_demo_saves_everything_and_reports(tmp_path, capsys):
@@ -26,6 +27,18 @@ def test_short_demo_saves_everything_and_reports(tmp_path, capsys):
     card = ModelCard.load(out / "README.md")
     assert card.data.clusterability["mean"] == pytest.approx(ours["eval_clusterability"], abs=1e-3)
     assert HEATMAP_NAME in card.text and "without" in card.text.lower()
+
+
+def test_demo_records_its_data_split_for_analyze(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(out), "--max-steps", "10", "--no-reference", "--seed", "2"]) == 0
+    assert json.loads((out / TASK_NAME).read_text()) == {
+        "task": "modular_addition",
+        "p": 113,
+        "train_fraction": 0.3,
+        "seed": 2,
+    }
+    assert load_modular_addition_split(out) == {"p": 113, "train_fraction": 0.3, "seed": 2}
 
 
 def test_demo_refuses_a_non_empty_output_dir(tmp_path, capsys):

@@ -12,7 +12,9 @@ from transformers import PreTrainedTokenizerFast
 
 from hf_clusterable.cli import main as cli_main
 from hf_clusterable.data import DataCollatorForCausalLM, held_out_splits, image_transform, tokenize_for_causal_lm
-from hf_clusterable.train import ModelArguments, parse_args, prepare_model
+from hf_clusterable.tasks import load_modular_addition_split
+from hf_clusterable.train import prepare_model
+from hf_clusterable.train_config import ModelArguments, parse_args
 from tests.test_recipes import RECIPES, tiny_models  # noqa: F401  (fixture)
 from tests.testing_utils import requires_gguf, tiny_model
 
@@ -95,6 +97,18 @@ def test_a_non_empty_output_dir_without_checkpoint_is_not_clobbered(tmp_path, ca
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert cli_main([*flags, "--overwrite", "--eval_steps", "5"]) == 0
     assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
+
+
+def test_modular_addition_run_records_its_split_and_analyze_uses_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    flags = ["train", "--config", MODULAR, "--output_dir", str(out), "--max_steps", "2", "--disable_tqdm", "true"]
+    assert cli_main([*flags, "--train_fraction", "0.5", "--seed", "5", "--max_train_samples", "64"]) == 0
+    assert load_modular_addition_split(out) == {"p": 113, "train_fraction": 0.5, "seed": 5}
+    fast = ["--quiet", "--random-splits", "0", "--circuit-categories", "0", "--bisection-steps", "1"]
+    assert cli_main(["analyze", str(out), "--task", "modular-addition", *fast]) == 0
+    assert "train fraction 0.5, seed 5" in capsys.readouterr().err
+    report = json.loads((out / "analysis" / "analysis.json").read_text())
+    assert report["full"]["n_examples"] == 113 * 113 - round(0.5 * 113 * 113)
 
 
 def test_train_help_lists_every_argument_group(capsys):

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+from hf_clusterable import ClusterConfig, ClusterNetConfig, ClusterNetForImageClassification
+from hf_clusterable.tasks import classification_task
 
 
 V = 64  # vocabulary of every tiny model
@@ -117,3 +121,30 @@ def run_launch(args: list[str], timeout: int = 300, env: dict[str, str] | None =
         raise AssertionError(f"launch timed out after {timeout} s\n{out[-2000:]}\n{err[-4000:]}") from None
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
     return out
+
+
+BLOCKS = ClusterConfig(init="blocks", n_clusters=4)  # k = 4 contiguous blocks, no co-clustering
+
+
+def planted_model(aligned: bool = True) -> ClusterNetForImageClassification:
+    """4 pixels -> 8 hidden -> 4 classes; class c is pixel c. Aligned: hidden neurons 2c, 2c+1 (cluster c of the
+    contiguous blocks) carry class c alone. Misaligned: neuron i carries class i mod 4, so every class is spread
+    over two clusters and crosses block boundaries."""
+    model = ClusterNetForImageClassification(ClusterNetConfig(image_size=2, hidden_sizes=[8], num_labels=4)).eval()
+    carries = [i // 2 for i in range(8)] if aligned else [i % 4 for i in range(8)]
+    with torch.no_grad():
+        model.hidden[0].weight.zero_()
+        model.classifier.weight.zero_()
+        model.hidden[0].bias.zero_()
+        model.classifier.bias.zero_()
+        for neuron, c in enumerate(carries):
+            model.hidden[0].weight[neuron, c] = 3.0
+            model.classifier.weight[c, neuron] = 3.0
+    return model
+
+
+def planted_task(n: int = 200, noise: float = 0.05):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 4
+    pixels = torch.nn.functional.one_hot(labels, 4).float() + noise * torch.rand(n, 4, generator=g)
+    return classification_task(Dataset.from_dict({"pixel_values": pixels.view(n, 1, 2, 2), "labels": labels}))
