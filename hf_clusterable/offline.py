@@ -33,13 +33,6 @@ def load_gemma3_270m(**kwargs) -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, **kwargs)
 
 
-def load_gemma3_270m_tokenizer():
-    from transformers import AutoTokenizer
-
-    folder, gguf_file = gemma3_270m_gguf()
-    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-
-
 def pydoc_text() -> list[str]:
     """Paragraphs of English prose from the standard library (65 k words), one string per paragraph."""
     from pydoc_data.topics import topics
