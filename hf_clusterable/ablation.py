@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .partition import Partition
-from .targets import Target, base_model, get_weight, stored_weight
+from .targets import Target, base_model, get_weight, modules_by_name, stored_weight
 from .tasks import Task
 
 
@@ -99,10 +99,6 @@ def evaluate(model: nn.Module, task: Task) -> Evaluation:
 # ---- weight edits ----------------------------------------------------------------------------------------------
 
 
-def _modules(model: nn.Module) -> dict[str, nn.Module]:
-    return dict(base_model(model).named_modules())
-
-
 def editable(model: nn.Module) -> nn.Module:
     """The model whose weights analysis may edit: a merged copy of a PEFT model, else the model itself.
 
@@ -117,7 +113,7 @@ def editable(model: nn.Module) -> nn.Module:
 @contextmanager
 def restored(model: nn.Module, names: list[str]) -> Iterator[None]:
     """Undo every in-place change to these modules' weights and biases on exit, whatever happened inside."""
-    modules = _modules(model)
+    modules = modules_by_name(model)
     params = []
     for name in dict.fromkeys(names):
         module = modules[name]
@@ -138,7 +134,7 @@ def restored(model: nn.Module, names: list[str]) -> Iterator[None]:
 @torch.no_grad()
 def cut_off_block(model: nn.Module, targets: list[Target], partitions: dict[str, Partition]) -> None:
     """Zero, in place, every weight outside the k diagonal blocks of every target (biases are kept)."""
-    modules = _modules(model)
+    modules = modules_by_name(model)
     for t in targets:
         weight, p = get_weight(modules[t.name]), partitions[t.name]
         weight.mul_((p.row_labels[:, None] == p.col_labels[None, :]).to(weight.device, weight.dtype))
@@ -160,7 +156,7 @@ class Units:
 
 def _is_head(model: nn.Module, name: str) -> bool:
     heads = getattr(base_model(model), "get_output_embeddings", lambda: None)()
-    return name.rsplit(".", 1)[-1] in HEAD_NAMES or (heads is not None and _modules(model).get(name) is heads)
+    return name.rsplit(".", 1)[-1] in HEAD_NAMES or (heads is not None and modules_by_name(model).get(name) is heads)
 
 
 def ablation_units(model: nn.Module, targets: list[Target], partitions: dict[str, Partition]) -> list[Units]:
@@ -203,7 +199,7 @@ def random_units(units: list[Units], seed: int) -> list[Units]:
 @torch.no_grad()
 def zero_cluster(model: nn.Module, units: list[Units], cluster: int) -> None:
     """Switch one cluster's neurons off, in place (see `ablation_units` for what that zeroes)."""
-    modules = _modules(model)
+    modules = modules_by_name(model)
     for u in units:
         module = modules[u.module]
         weight = get_weight(module)  # (out, in); a view of the stored weight, so writes reach the model

@@ -21,9 +21,9 @@ from torch import nn
 
 from .ablation import cluster_ablation, cut_test, editable, evaluate
 from .circuits import circuit_sizes
-from .config import ClusterConfig, resolve_file
+from .config import ClusterConfig, check_writable_folder, require_int, resolve_file
 from .constants import CLUSTERS_NAME, CONFIG_NAME
-from .measure import resolve_clusters, score_matrices
+from .measure import ClusterReport, resolve_clusters, score_matrices
 from .report import AnalysisReport
 from .tasks import TASK_NAME, TOKEN_CATEGORIES, Task, load_modular_addition_split
 
@@ -55,10 +55,8 @@ def analyze(
         max_categories (`int`, *optional*): measure circuits for at most this many categories (0: whole task only).
         steps (`int`, defaults to 10): bisection steps per circuit.
     """
-    if isinstance(random_splits, bool) or not isinstance(random_splits, int) or random_splits < 0:
-        raise ValueError(f"random_splits must be an integer >= 0, got {random_splits!r}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}.")
+    require_int("random_splits", random_splits, 0)
+    require_int("steps", steps, 1)
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share must be in (0, 1], got {share}.")
     config, targets, partitions = resolve_clusters(model, clusters)
@@ -84,12 +82,13 @@ def analyze(
         )
     finally:
         plain.train(was_training)
+    summary = ClusterReport(scores, config.n_clusters)
     return AnalysisReport(
         task.name,
         list(task.category_names),
         config.n_clusters,
-        sum(s.score for s in scores) / len(scores),
-        sum(s.baseline for s in scores) / len(scores),
+        summary.mean,
+        summary.baseline,
         full,
         cut,
         ablation,
@@ -99,17 +98,6 @@ def analyze(
 
 
 # ---- command line ----------------------------------------------------------------------------------------------
-
-
-def _check_output_dir(path: Path) -> None:
-    """Fail before any work if the report folder cannot be created or written."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--output-dir {path} is a file; give a folder.")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ValueError(f"--output-dir {path}: {parent} is not a writable folder.")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -223,7 +211,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint}: no such checkpoint folder.")
     default_out = local / "analysis" if local.is_dir() else Path(args.checkpoint.replace("/", "--") + "-analysis")
     out = Path(args.output_dir) if args.output_dir else default_out
-    _check_output_dir(out)
+    check_writable_folder(out, "--output-dir")
     _check_clusters(args.checkpoint)
     task, auto = _load_task(args)
     print(f"loading {args.checkpoint} ...", file=sys.stderr)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .ablation import Evaluation, _device, _mean, _modules, _to, evaluate, restored
-from .targets import Target, stored_weight
+from .ablation import Evaluation, _device, _mean, _to, evaluate, restored
+from .targets import Target, modules_by_name, stored_weight
 from .tasks import Task
 
 
@@ -134,7 +134,7 @@ def circuit_sizes(
     """
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share must be in (0, 1], got {share}.")
-    modules = _modules(model)
+    modules = modules_by_name(model)
     weights = [stored_weight(modules[t.name]) for t in targets]
     reference = reference if reference is not None else evaluate(model, task)
     categories = [j for j, v in enumerate(reference.informedness) if v > 0]

@@ -21,12 +21,12 @@ from .config import ClusterConfig, atomic_write, resolve_file
 from .constants import CLUSTERS_NAME
 from .distributed import full_weight
 from .partition import Partition
-from .targets import Target, base_model, groups
+from .targets import Target, groups, modules_by_name
 
 
 def group_affinity(model: nn.Module, members: list[Target]) -> torch.Tensor:
     """|W| of an MLP's matrices laid out as hidden x residual and summed, each scaled to mean 1 so none dominates."""
-    modules = dict(base_model(model).named_modules())
+    modules = modules_by_name(model)
     total = None
     for t in members:
         a = full_weight(modules[t.name]).float().abs()

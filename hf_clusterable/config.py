@@ -29,6 +29,12 @@ INITS = ("spectral", "blocks")
 _HUB_KWARGS = set(inspect.signature(hf_hub_download).parameters) - {"repo_id", "filename", "subfolder"}
 
 
+def require_int(name: str, value: Any, minimum: int, why: str = "") -> None:
+    """One message for every integer setting: bools are refused (True is an int in Python), as are floats."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}{'; ' + why if why else ''}.")
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write through a temp file in the same folder and rename, so a crash never leaves a half-written file."""
     path = Path(path)
@@ -44,6 +50,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable_folder(path: Path, flag: str) -> None:
+    """Fail before any work if `path` cannot be the folder we write into: it is a file, or its nearest existing
+    ancestor is not a writable folder."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file; give a folder.")
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path}: {parent} is not a writable folder.")
 
 
 def resolve_file(path_or_repo: str | os.PathLike, filename: str, subfolder: str | None = None, **hub_kwargs) -> str:
@@ -100,8 +116,7 @@ class ClusterConfig(PushToHubMixin):
     hf_clusterable_version: str = field(default=__version__, metadata={"help": "Version that wrote this config."})
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, int) or self.n_clusters < 2:
-            raise ValueError(f"n_clusters must be an integer >= 2, got {self.n_clusters!r}.")
+        require_int("n_clusters", self.n_clusters, 2)
         if isinstance(self.loss_weight, bool) or not isinstance(self.loss_weight, (int, float)):
             raise ValueError(f"loss_weight must be a number, got {self.loss_weight!r}.")
         if not math.isfinite(self.loss_weight) or self.loss_weight < 0:
@@ -109,9 +124,7 @@ class ClusterConfig(PushToHubMixin):
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
         for name in ("cluster_step", "recluster_every", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+            require_int(name, getattr(self, name), 0)
         if not isinstance(self.balance, (int, float)) or not 0.0 <= self.balance < 1.0:
             raise ValueError(f"balance must be in [0, 1), got {self.balance!r}; 0 forces equal cluster sizes.")
         if self.targets is not None and not isinstance(self.targets, str):

@@ -17,6 +17,13 @@ import torch
 from datasets import Dataset, DatasetDict
 
 
+def _shuffled_split(n: int, train_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Indices of a seeded random train/test split; the offline datasets rebuild their held-out set from the seed."""
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(train_fraction * n))
+    return {"train": order[:cut], "test": order[cut:]}
+
+
 def modular_addition(p: int = 113, train_fraction: float = 0.3, seed: int = 0) -> DatasetDict:
     """All (a, b) pairs as `[a, b, =, (a + b) mod p]` with labels -100 except the answer, split at random.
 
@@ -31,9 +38,7 @@ def modular_addition(p: int = 113, train_fraction: float = 0.3, seed: int = 0) -
     ids = np.stack([a, b, np.full_like(a, p), answer], axis=1)
     labels = np.full_like(ids, -100)
     labels[:, 3] = answer
-    order = np.random.default_rng(seed).permutation(len(ids))
-    cut = int(round(train_fraction * len(ids)))
-    split = {"train": order[:cut], "test": order[cut:]}
+    split = _shuffled_split(len(ids), train_fraction, seed)
     return DatasetDict(
         {name: Dataset.from_dict({"input_ids": ids[idx], "labels": labels[idx]}) for name, idx in split.items()}
     )
@@ -56,9 +61,7 @@ def digits(test_fraction: float = 0.25, seed: int = 0) -> DatasetDict:
 
     data = load_digits()
     images = (data.images / 16.0).astype(np.float32)[:, None]  # (n, 1, 8, 8)
-    order = np.random.default_rng(seed).permutation(len(images))
-    cut = int(round((1.0 - test_fraction) * len(images)))
-    split = {"train": order[:cut], "test": order[cut:]}
+    split = _shuffled_split(len(images), 1.0 - test_fraction, seed)
     return DatasetDict(
         {
             name: Dataset.from_dict({"pixel_values": images[idx], "labels": data.target[idx]}).with_format("torch")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from .config import ClusterConfig, atomic_write
+from .config import ClusterConfig, atomic_write, check_writable_folder
 from .constants import HEATMAP_NAME
 from .data import answer_logits, modular_addition, modular_addition_accuracy
 from .models import modular_addition_model
@@ -87,13 +86,9 @@ def modular_addition_trainer(
 def check_output_dir(path: str, overwrite: bool) -> Path:
     """Refuse a file, an unwritable place, or a non-empty folder (unless `overwrite`), before any work is done."""
     out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output-dir {path} is a file; give a folder.")
+    check_writable_folder(out, "--output-dir")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"--output-dir {path} is not empty; pass --overwrite to replace its files or choose another.")
-    parent = next(p for p in (out, *out.parents) if p.exists())
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--output-dir {path}: {parent} is not writable.")
     return out
 
 

@@ -20,8 +20,8 @@ from torch import nn
 
 from .distributed import is_zero3, module_block_mass
 from .partition import Partition
-from .score import BlockCodes, baseline
-from .targets import Target, base_model, stored_weight
+from .score import BlockCodes, baseline, mass_ratio
+from .targets import Target, modules_by_name, stored_weight
 
 
 class ClusterabilityLoss:
@@ -29,7 +29,7 @@ class ClusterabilityLoss:
 
     def __init__(self, model: nn.Module, targets: list[Target], partitions: dict[str, Partition]):
         # Module objects survive DDP/compile/FSDP2 wrapping, so they are looked up once, not every step.
-        modules = dict(base_model(model).named_modules())
+        modules = modules_by_name(model)
         self.targets = targets
         self.partitions = partitions
         self._terms = []
@@ -48,10 +48,7 @@ class ClusterabilityLoss:
 
     def scores(self) -> torch.Tensor:
         """Clusterability of every target matrix, shape `(len(targets),)` (masses captured in forward if any)."""
-        out = []
-        for i in range(len(self._terms)):
-            inside, total = self._mass(i)
-            out.append(inside / total.clamp_min(torch.finfo(torch.float32).tiny))
+        out = [mass_ratio(*self._mass(i)) for i in range(len(self._terms))]
         self._captured = None
         return torch.stack(out)
 

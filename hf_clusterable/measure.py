@@ -20,7 +20,7 @@ from .config import ClusterConfig
 from .distributed import full_weight
 from .partition import Partition
 from .score import baseline, clusterability, normalised
-from .targets import Target, base_model, find_targets
+from .targets import Target, base_model, find_targets, modules_by_name
 
 
 @dataclass
@@ -102,7 +102,7 @@ def score_weights(
 
 def gather_weights(model: nn.Module, targets: list[Target]) -> dict[str, torch.Tensor]:
     """Every target's whole `(out, in)` weight (gathered from shards: a collective under ZeRO-3 and FSDP2)."""
-    modules = dict(base_model(model).named_modules())
+    modules = modules_by_name(model)
     return {t.name: full_weight(modules[t.name]) for t in targets}
 
 

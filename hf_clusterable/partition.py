@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import require_int
+
 
 def check_n_clusters(n_clusters: int, shape: tuple[int, int], name: str = "matrix") -> None:
     """Raise a one-line, actionable error when k cannot split a matrix of this shape."""
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2:
-        raise ValueError(
-            f"n_clusters must be an integer >= 2, got {n_clusters!r}; modularity needs at least 2 clusters."
-        )
+    require_int("n_clusters", n_clusters, 2, "modularity needs at least 2 clusters")
     if n_clusters > min(shape):
         raise ValueError(
             f"n_clusters={n_clusters} is larger than the smaller side of {name} {tuple(shape)}; "

@@ -19,7 +19,7 @@ from .config import atomic_write
 from .distributed import full_weight
 from .partition import Partition
 from .score import baseline, clusterability
-from .targets import base_model
+from .targets import modules_by_name
 
 
 def reordered(weight: torch.Tensor, partition: Partition, resolution: int = 256) -> torch.Tensor:
@@ -65,6 +65,11 @@ def render_blocks(
         ax.set_title(f"{name}\nC={score:.3f}  B={baseline(p):.3f}", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
+    return png_bytes(fig)
+
+
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes, at one resolution for every figure we write."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
@@ -82,7 +87,7 @@ def plot_blocks(
 
     Sharded weights are gathered, so under ZeRO-3 or FSDP2 every process must call it.
     """
-    modules = dict(base_model(model).named_modules())
+    modules = modules_by_name(model)
     weights = {name: full_weight(modules[name]) for name in panel_names(partitions, max_panels)}
     atomic_write(path, render_blocks(weights, partitions, resolution=resolution))
     return str(path)

@@ -5,7 +5,6 @@ NaN means "nothing to measure" (no damage, no skill to keep); it is shown as n/a
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from .ablation import Ablation, Evaluation, _mean
 from .circuits import Circuits
 from .config import atomic_write
 from .partition import Partition
+from .plot import png_bytes
 
 
 TABLE_LIMIT = 20  # categories shown as table columns; more go to the plots and the JSON
@@ -216,7 +216,7 @@ class AnalysisReport:
             f"specialisation {_fmt(self.ablation.specialisation)} (random splits {_fmt(self.ablation.random_mean)})",
             fontsize=9,
         )
-        return _png(fig)
+        return png_bytes(fig)
 
     def plot_circuits(self) -> bytes:
         from matplotlib.figure import Figure
@@ -235,7 +235,7 @@ class AnalysisReport:
         ax.set_ylabel(f"fraction of target weights\nkeeping {cc.share:.0%}")
         ax.set_xlabel("category")
         ax.legend(fontsize=7)
-        return _png(fig)
+        return png_bytes(fig)
 
     def save(self, output_dir: str | os.PathLike, model: nn.Module, title: str | None = None) -> list[str]:
         """Write report.md, analysis.json and the PNGs (damage, circuits, block heatmaps) into `output_dir`."""
@@ -249,9 +249,3 @@ class AnalysisReport:
         atomic_write(out / "analysis.json", json.dumps(self.to_dict(), indent=2) + "\n")
         atomic_write(out / "report.md", self.to_markdown(title))
         return [str(out / n) for n in ("report.md", "analysis.json", *figures, "blocks.png")]
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()

@@ -85,15 +85,16 @@ def block_mass(weight: torch.Tensor, codes: BlockCodes) -> tuple[torch.Tensor, t
     return _BlockMass.apply(weight, *codes)
 
 
-def clusterability(weight: torch.Tensor, partition: Partition) -> torch.Tensor:
-    """C = (sum of W^2 inside the k blocks) / (sum of all W^2), a 0-dim fp32 tensor differentiable in `weight`.
+def mass_ratio(inside: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """inside / total, with an all-zero matrix scoring 0 (no mass to place inside any block) instead of NaN."""
+    return inside / total.clamp_min(torch.finfo(torch.float32).tiny)
 
-    An all-zero matrix scores 0 (there is no mass to place inside any block).
-    """
+
+def clusterability(weight: torch.Tensor, partition: Partition) -> torch.Tensor:
+    """C = (sum of W^2 inside the k blocks) / (sum of all W^2), a 0-dim fp32 tensor differentiable in `weight`."""
     weight = torch.as_tensor(weight)
     _check_shape(weight, partition)
-    inside, total = block_mass(weight, BlockCodes.of(partition, weight.device))
-    return inside / total.clamp_min(torch.finfo(torch.float32).tiny)
+    return mass_ratio(*block_mass(weight, BlockCodes.of(partition, weight.device)))
 
 
 def baseline(partition: Partition) -> float:

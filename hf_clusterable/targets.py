@@ -46,6 +46,11 @@ def base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
+def modules_by_name(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules under their plain transformers names (what targets and partitions are keyed by), wrappers stripped."""
+    return dict(base_model(model).named_modules())
+
+
 def stored_weight(module: nn.Module) -> torch.Tensor:
     if isinstance(module, BaseTunerLayer):
         return stored_weight(module.get_base_layer())

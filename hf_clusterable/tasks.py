@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import atomic_write, resolve_file
+from .config import atomic_write, require_int, resolve_file
 
 
 TOKEN_CATEGORIES = ("frequency", "type")
@@ -67,11 +67,6 @@ def _batched(columns: dict[str, torch.Tensor], batch_size: int) -> list[Batch]:
     return [{k: v[i : i + batch_size] for k, v in columns.items()} for i in range(0, n, batch_size)]
 
 
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-
-
 # ---- classification --------------------------------------------------------------------------------------------
 
 
@@ -87,7 +82,7 @@ def classification_task(
 
     Every column other than `labels` (or `label`) is passed to the model by name, e.g. `pixel_values`.
     """
-    _check_batch_size(batch_size)
+    require_int("batch_size", batch_size, 1)
     columns = list(getattr(dataset, "column_names", None) or [])
     label = "labels" if "labels" in columns else "label" if "label" in columns else None
     if label is None:
@@ -134,7 +129,7 @@ def modular_addition_task(
     """
     from .data import modular_addition
 
-    _check_batch_size(batch_size)
+    require_int("batch_size", batch_size, 1)
     if split not in ("test", "train", "all"):
         raise ValueError(f"split must be 'test', 'train' or 'all', got {split!r}.")
     data = modular_addition(p=p, train_fraction=train_fraction, seed=seed).with_format("torch")
@@ -271,7 +266,7 @@ def causal_lm_task(
     truncated to `max_length`), or a list of token-id lists. Pads are never scored, and sequences shorter than two
     tokens are skipped.
     """
-    _check_batch_size(batch_size)
+    require_int("batch_size", batch_size, 1)
     if categories not in TOKEN_CATEGORIES:
         raise ValueError(f"categories must be one of {TOKEN_CATEGORIES}, got {categories!r}.")
     if categories == "type" and tokenizer is None:

@@ -29,7 +29,7 @@ from .loss import ClusterabilityLoss
 from .measure import ClusterReport, gather_weights, score_matrices, score_weights
 from .partition import Partition
 from .plot import panel_names, render_blocks
-from .targets import base_model, find_targets
+from .targets import base_model, find_targets, modules_by_name
 
 
 # Fields that define the partitions; a checkpoint written with other values cannot be resumed with this config.
@@ -210,7 +210,7 @@ class ClusterableTrainer(Trainer):
         return ClusterReport(rows, self.cluster_config.n_clusters, self.partitions)
 
     def _sharded(self) -> bool:
-        modules = dict(base_model(self.model).named_modules())
+        modules = modules_by_name(self.model)
         return any(is_sharded(modules[t.name]) for t in self.cluster_targets)
 
     def _take_snapshot(self) -> None:
