@@ -61,7 +61,7 @@ def slug(name: str) -> str:
 def train_modular_addition(out: Path, condition: dict, seed: int, quick: bool):
     from transformers.trainer_callback import PrinterCallback
 
-    from hf_clusterable.demo import modular_addition_trainer
+    from hf_clusterable.examples.demo import modular_addition_trainer
 
     trainer = modular_addition_trainer(
         str(out),
@@ -82,8 +82,8 @@ def train_digits(out: Path, condition: dict, seed: int, quick: bool):
     from transformers.trainer_callback import PrinterCallback
 
     from hf_clusterable import ClusterConfig, ClusterNetConfig, ClusterNetForImageClassification
-    from hf_clusterable.data import digits
-    from hf_clusterable.trainer import ClusterableTrainer
+    from hf_clusterable.examples.datasets import digits
+    from hf_clusterable.training.trainer import ClusterableTrainer
 
     torch.manual_seed(seed)
     model = ClusterNetForImageClassification(ClusterNetConfig(image_size=8, hidden_sizes=[64, 64]))
@@ -108,8 +108,9 @@ def train_digits(out: Path, condition: dict, seed: int, quick: bool):
 
 
 def task_for(task: str, seed: int):
-    from hf_clusterable.data import digits
-    from hf_clusterable.tasks import classification_task, modular_addition_task
+    from hf_clusterable.analysis.tasks import classification_task
+    from hf_clusterable.examples.datasets import digits
+    from hf_clusterable.examples.modular_addition import modular_addition_task
 
     if task == "modular-addition":
         return modular_addition_task(113, seed=seed)  # the test split the model never saw
@@ -117,8 +118,8 @@ def task_for(task: str, seed: int):
 
 
 def run(task: str, condition: dict, seed: int, args: argparse.Namespace) -> dict:
-    from hf_clusterable.analysis import analyze
-    from hf_clusterable.config import atomic_write
+    from hf_clusterable.analysis.analyze import analyze
+    from hf_clusterable.utils.io import atomic_write
 
     name = f"{task}-{slug(condition['name'])}-seed{seed}"
     record_path = args.output_dir / "runs" / f"{name}.json"
@@ -206,7 +207,7 @@ def main() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    from hf_clusterable.config import atomic_write
+    from hf_clusterable.utils.io import atomic_write
 
     records = []
     for task in args.tasks:

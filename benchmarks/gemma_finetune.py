@@ -26,7 +26,7 @@ RECIPE = ROOT / "recipes/gemma-3-270m/pydoc/config_cpu.yaml"
 
 
 def run_one(loss_weight: float, output_dir: Path, extra: list[str]) -> dict:
-    from hf_clusterable.train import parse_args, run
+    from hf_clusterable.scripts.train import parse_args, run
 
     script, model, cluster, training = parse_args(
         ["--config", str(RECIPE), "--output_dir", str(output_dir), "--overwrite", "--disable_tqdm", "true",
@@ -57,7 +57,7 @@ def run_one(loss_weight: float, output_dir: Path, extra: list[str]) -> dict:
 
 def seconds_per_step(steps: int) -> None:
     """Time a few training steps of the full fine-tune, the MLP-only one and LoRA at the recipe's batch and length."""
-    from hf_clusterable.train import parse_args, run
+    from hf_clusterable.scripts.train import parse_args, run
 
     variants = {
         "full fine-tune": ["--trainable_parameters", "."],
@@ -108,7 +108,7 @@ def main() -> int:
     if not args.table:
         import torch
 
-        from hf_clusterable.config import atomic_write
+        from hf_clusterable.utils.io import atomic_write
 
         if args.threads is not None:
             torch.set_num_threads(args.threads)

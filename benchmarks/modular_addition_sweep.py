@@ -25,7 +25,7 @@ from pathlib import Path
 
 def run_one(loss_weight: float, seed: int, max_steps: int) -> dict:
     from hf_clusterable import ClusterConfig, measure
-    from hf_clusterable.demo import modular_addition_trainer
+    from hf_clusterable.examples.demo import modular_addition_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = modular_addition_trainer(
@@ -92,7 +92,7 @@ def main() -> int:
     if not args.table:
         import torch
 
-        from hf_clusterable.config import atomic_write
+        from hf_clusterable.utils.io import atomic_write
 
         torch.set_num_threads(args.threads)
         for weight in args.weights:

@@ -8,74 +8,24 @@ version stored for provenance.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import hf_hub_download
 from transformers.utils import PushToHubMixin
 
-from . import __version__
 from .constants import CONFIG_NAME
+from .utils.hub import hub_download_kwargs, resolve_file
+from .utils.io import atomic_write
+from .utils.validation import require_int
+from .version import __version__
 
 
 INITS = ("spectral", "blocks")
-_HUB_KWARGS = set(inspect.signature(hf_hub_download).parameters) - {"repo_id", "filename", "subfolder"}
-
-
-def require_int(name: str, value: Any, minimum: int, why: str = "") -> None:
-    """One message for every integer setting: bools are refused (True is an int in Python), as are floats."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}{'; ' + why if why else ''}.")
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write through a temp file in the same folder and rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def check_writable_folder(path: Path, flag: str) -> None:
-    """Fail before any work if `path` cannot be the folder we write into: it is a file, or its nearest existing
-    ancestor is not a writable folder."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path} is a file; give a folder.")
-    parent = next(p for p in (path, *path.parents) if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ValueError(f"{flag} {path}: {parent} is not a writable folder.")
-
-
-def resolve_file(path_or_repo: str | os.PathLike, filename: str, subfolder: str | None = None, **hub_kwargs) -> str:
-    """Local `path_or_repo/subfolder/filename` if it exists, else download it from the Hub repo `path_or_repo`."""
-    local = Path(path_or_repo, subfolder or "", filename)
-    if local.is_file():
-        return str(local)
-    if Path(path_or_repo).is_dir():
-        raise FileNotFoundError(f"no {filename} in {Path(path_or_repo, subfolder or '')}; is this a clustered model?")
-    try:
-        return hf_hub_download(str(path_or_repo), filename, subfolder=subfolder, **hub_kwargs)
-    except Exception as err:  # any Hub or network failure becomes one clear line
-        raise FileNotFoundError(
-            f"could not find {filename} locally or on the Hub at {path_or_repo!r}: {type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}"
-        ) from err
 
 
 @dataclass
@@ -175,8 +125,9 @@ class ClusterConfig(PushToHubMixin):
         cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **kwargs
     ) -> ClusterConfig:
         """Load from a local folder or a Hub repo id; Hub kwargs (revision, token, ...) go to `hf_hub_download`."""
-        hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
-        overrides = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS}
+        hub_keys = hub_download_kwargs()
+        hub_kwargs = {k: v for k, v in kwargs.items() if k in hub_keys}
+        overrides = {k: v for k, v in kwargs.items() if k not in hub_keys}
         path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder, **hub_kwargs)
         config = cls.from_json_file(path)
         return dataclasses.replace(config, **overrides) if overrides else config

@@ -5,6 +5,9 @@ map a module-name suffix to its *role* in the MLP. Role "in" means the matrix's 
 MLP's hidden neurons (up/gate/fc1); role "out" means its columns are (down/fc2). Matrices of one MLP share a group,
 so a cluster is a real sub-MLP: hidden neuron i has one label in every matrix of the layer, and so does residual
 dimension j.
+
+A model class outside the registry (e.g. the paper's example networks in `hf_clusterable.examples`) declares its own
+default with a class attribute `cluster_targets` of the same form; nothing is added to this table at import time.
 """
 
 CONFIG_NAME = "cluster_config.json"
@@ -35,5 +38,17 @@ TRANSFORMERS_MODELS_TO_CLUSTER_TARGETS: dict[str, dict[str, str] | str] = {
     "qwen3": _GLU_MLP,
     "olmo2": _GLU_MLP,
     "opt": _FC_MLP,
-    "hf_clusterable_net": r"(hidden\.\d+|classifier)",  # models.ClusterNetForImageClassification: its FC layers
 }
+
+# Tasks of `hf-clusterable train` (recipe key `task`) and `hf-clusterable analyze` (`--task`). One spelling in code;
+# `task_name` accepts the hyphenated spelling the analyze command has always used.
+TRAIN_TASKS = ("causal_lm", "image_classification", "modular_addition")
+ANALYSIS_TASKS = ("modular_addition", "digits", "causal_lm")
+
+
+def task_name(value: str, choices: tuple[str, ...]) -> str:
+    """`value` with hyphens read as underscores, checked against `choices`."""
+    name = value.replace("-", "_")
+    if name not in choices:
+        raise ValueError(f"unknown task {value!r}; choose one of {', '.join(choices)}.")
+    return name

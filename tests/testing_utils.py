@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM, PreTrainedTokenizerFast, TrainingArguments
 
 from hf_clusterable import ClusterConfig, ClusterNetConfig, ClusterNetForImageClassification
-from hf_clusterable.tasks import classification_task
+from hf_clusterable.analysis.tasks import classification_task
 
 
 V = 64  # vocabulary of every tiny model
@@ -96,6 +96,15 @@ requires_gguf = pytest.mark.skipif(
 
 
 ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+# Hub model of each pretrained recipe -> tiny model type standing in for it.
+TINY_TYPES = {
+    "openai-community/gpt2": "gpt2",
+    "EleutherAI/pythia-70m": "gpt_neox",
+    "EleutherAI/pythia-160m": "gpt_neox",
+    "google/gemma-3-270m": "gemma3_text",
+    "offline:gemma-3-270m": "gemma3_text",
+}
 
 
 def free_port() -> int:
@@ -148,3 +157,45 @@ def planted_task(n: int = 200, noise: float = 0.05):
     labels = torch.arange(n) % 4
     pixels = torch.nn.functional.one_hot(labels, 4).float() + noise * torch.rand(n, 4, generator=g)
     return classification_task(Dataset.from_dict({"pixel_values": pixels.view(n, 1, 2, 2), "labels": labels}))
+
+
+NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+
+
+def pattern_data(n: int = 128, length: int = 16, seed: int = 0) -> Dataset:
+    """A learnable rule: next token = (3 x + 1) mod (V - 1)."""
+    g = torch.Generator().manual_seed(seed)
+    seq = [torch.randint(0, V - 1, (n, 1), generator=g)]
+    for _ in range(length - 1):
+        seq.append((seq[-1] * 3 + 1) % (V - 1))
+    ids = torch.cat(seq, 1).tolist()
+    return Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+
+def make_args(tmp_path, **kwargs) -> TrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        per_device_train_batch_size=16,
+        learning_rate=3e-3,
+        max_steps=60,
+        logging_steps=10,
+        seed=0,
+    )
+    return TrainingArguments(**{**defaults, **kwargs})
+
+
+def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE trained in code on the stdlib's prose (nothing downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from hf_clusterable.examples.offline import pydoc_text
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "<pad>"])
+    tokenizer.train_from_iterator(pydoc_text()[:300], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<pad>")

@@ -1,0 +1,152 @@
+"""`AnalysisReport`: what `analyze` measured, as a markdown report, JSON and PNG plots.
+
+NaN means "nothing to measure" (no damage, no skill to keep); it is shown as n/a and written to the JSON as null.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.partition import Partition
+from ..modeling.plot import png_bytes
+from ..templates import template_text
+from ..utils.io import atomic_write, json_safe, json_text
+from ..utils.stats import nanmean, nanstd
+from .ablation import Ablation, Evaluation
+from .circuits import Circuits
+
+
+TABLE_LIMIT = 20  # categories shown as table columns; more go to the plots and the JSON
+REPORT_TEMPLATE = "analysis_report.md"
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+@dataclass
+class AnalysisReport:
+    """Everything `analyze` measured; `to_markdown`, `to_dict` and `save` present it."""
+
+    task: str
+    category_names: list[str]
+    n_clusters: int
+    clusterability: float
+    clusterability_baseline: float
+    full: Evaluation
+    cut: Evaluation
+    ablation: Ablation
+    circuits: Circuits
+    partitions: dict[str, Partition] = field(repr=False, default_factory=dict)
+
+    @property
+    def cut_accuracy_drop(self) -> float:
+        return self.full.accuracy - self.cut.accuracy
+
+    @property
+    def cut_loss_rise(self) -> float:
+        return self.cut.loss - self.full.loss
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "partitions"}
+        data["cut_accuracy_drop"] = self.cut_accuracy_drop
+        data["cut_loss_rise"] = self.cut_loss_rise
+        data["ablation"]["random_mean"] = self.ablation.random_mean
+        data["circuits"]["mean_fraction"] = self.circuits.mean_fraction
+        return json_safe(data)
+
+    def summary(self) -> str:
+        return (
+            f"accuracy {self.full.accuracy:.4f}, cut test {self.cut.accuracy:.4f} "
+            f"(loss {self.full.loss:.4f} -> {self.cut.loss:.4f}); specialisation {_fmt(self.ablation.specialisation)} "
+            f"(random splits {_fmt(self.ablation.random_mean)}); circuit size {_fmt(self.circuits.task_fraction)} of "
+            f"target weights for the task, {_fmt(self.circuits.mean_fraction)} per category"
+        )
+
+    def to_markdown(self, title: str | None = None, figures: bool = True) -> str:
+        """The report as markdown, rendered from `templates/analysis_report.md`; `figures` embeds the PNGs."""
+        import jinja2
+
+        damage = [torch.tensor(row).nan_to_num(-math.inf) for row in self.ablation.loss_damage]
+        environment = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+        template = environment.from_string(template_text(REPORT_TEMPLATE))
+        return template.render(
+            r=self,
+            ab=self.ablation,
+            cc=self.circuits,
+            k=self.n_clusters,
+            names=self.category_names,
+            n_matrices=len(self.partitions),
+            title=title,
+            figures=figures,
+            table_limit=TABLE_LIMIT,
+            worst=[int(d.argmax()) for d in damage],
+            fmt=_fmt,
+            nanmean=nanmean,
+            nanstd=nanstd,
+            zip=zip,
+        )
+
+    def plot_damage(self) -> bytes:
+        from matplotlib.figure import Figure
+
+        damage = torch.tensor(self.ablation.loss_damage)
+        names = self.category_names
+        fig = Figure(figsize=(min(14.0, 2.0 + 0.45 * len(names)), 1.6 + 0.45 * self.n_clusters), layout="constrained")
+        ax = fig.add_subplot()
+        bound = float(damage.nan_to_num(0).abs().max()) or 1.0
+        image = ax.imshow(
+            damage.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest"
+        )
+        fig.colorbar(image, ax=ax, label="rise in cross-entropy")
+        ax.set_yticks(range(self.n_clusters))
+        ax.set_ylabel("cluster switched off")
+        if len(names) <= 30:
+            ax.set_xticks(
+                range(len(names)), names, rotation=60 if max(map(len, names)) > 3 else 0, ha="right", fontsize=7
+            )
+        ax.set_xlabel("category")
+        ax.set_title(
+            f"specialisation {_fmt(self.ablation.specialisation)} (random splits {_fmt(self.ablation.random_mean)})",
+            fontsize=9,
+        )
+        return png_bytes(fig)
+
+    def plot_circuits(self) -> bytes:
+        from matplotlib.figure import Figure
+
+        cc = self.circuits
+        fig = Figure(figsize=(min(14.0, 2.5 + 0.35 * len(cc.categories)), 3.2), layout="constrained")
+        ax = fig.add_subplot()
+        ax.bar(range(len(cc.categories)), [0 if math.isnan(f) else f for f in cc.fractions], color="tab:blue")
+        ax.axhline(cc.task_fraction, color="black", linestyle="--", linewidth=1, label="whole task")
+        ax.axhline(self.clusterability_baseline, color="tab:red", linestyle=":", linewidth=1, label="block share")
+        if len(cc.categories) <= 30:
+            ax.set_xticks(
+                range(len(cc.categories)), [self.category_names[j] for j in cc.categories], fontsize=7, rotation=60
+            )
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"fraction of target weights\nkeeping {cc.share:.0%}")
+        ax.set_xlabel("category")
+        ax.legend(fontsize=7)
+        return png_bytes(fig)
+
+    def save(self, output_dir: str | os.PathLike, model: nn.Module, title: str | None = None) -> list[str]:
+        """Write report.md, analysis.json and the PNGs (damage, circuits, block heatmaps) into `output_dir`."""
+        from ..modeling.plot import plot_blocks
+
+        out = Path(output_dir)
+        figures = {"damage.png": self.plot_damage(), "circuits.png": self.plot_circuits()}
+        for name, data in figures.items():
+            atomic_write(out / name, data)
+        plot_blocks(model, self.partitions, out / "blocks.png")
+        atomic_write(out / "analysis.json", json_text(self.to_dict()))
+        atomic_write(out / "report.md", self.to_markdown(title))
+        return [str(out / n) for n in ("report.md", "analysis.json", *figures, "blocks.png")]

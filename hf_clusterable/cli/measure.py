@@ -1,0 +1,71 @@
+"""`hf-clusterable measure [MODEL]`: clusterability of a model's matrices, with baselines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..constants import CONFIG_NAME
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("measure", help="clusterability of a model's matrices, with baselines")
+    p.add_argument(
+        "model", nargs="?", default=None, help="local folder or Hub id (default: the embedded Gemma 3 270M GGUF)"
+    )
+    p.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL")
+    p.add_argument("--clusters", "-k", type=int, default=None, help="number of clusters k (default 4)")
+    p.add_argument("--targets", nargs="+", default=None, help="module names or suffixes (default: MLP matrices)")
+    p.add_argument("--target-regex", default=None, help="regex matched against full module names")
+    p.add_argument("--per-matrix", action="store_true", help="cluster every matrix on its own (the paper's mode)")
+    p.add_argument("--init", choices=["spectral", "blocks"], default=None, help="spectral co-clustering or blocks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the report as JSON here")
+    p.add_argument("--plot", default=None, help="write block-reordered |W| heatmaps (PNG) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import ClusterConfig
+    from ..examples.models import register_auto_classes
+    from ..examples.offline import GEMMA3_270M, gemma3_270m_gguf
+    from ..modeling.loading import load_model
+    from ..modeling.measure import measure
+    from ..modeling.plot import plot_blocks
+    from ..utils.io import atomic_write, check_output_file, json_text
+
+    json_path = check_output_file(args.json, "--json")
+    plot_path = check_output_file(args.plot, "--plot")
+    if args.targets and args.target_regex:
+        raise ValueError("use either --targets or --target-regex, not both.")
+    overrides = args.clusters is not None or args.targets or args.target_regex or args.per_matrix or args.init
+    saved = args.model is not None and Path(args.model, CONFIG_NAME).is_file() and not overrides
+    config = None
+    if not saved:
+        config = ClusterConfig(
+            n_clusters=args.clusters if args.clusters is not None else 4,
+            targets=args.targets or args.target_regex or None,
+            coupled=not args.per_matrix,
+            init=args.init or "spectral",
+            seed=args.seed,
+        )
+    name = args.model or GEMMA3_270M
+    print(f"loading {name} ...", file=sys.stderr)
+    register_auto_classes()  # a ClusterNet checkpoint (the paper's example networks) loads like any other model
+    folder, gguf_file = gemma3_270m_gguf() if args.model is None else (args.model, args.gguf_file)
+    model = load_model(folder, gguf_file)
+    report = measure(model, args.model if saved else config, progress=not args.quiet)
+    print(report.to_markdown())
+    print(
+        f"\nmean clusterability {report.mean:.4f} vs baseline {report.baseline:.4f} "
+        f"(normalised {report.normalised:.4f}; 0 = unstructured, 1 = block-diagonal)"
+    )
+    if json_path is not None:
+        atomic_write(json_path, json_text({"model": name, **report.to_dict()}))
+        print(f"wrote {json_path}", file=sys.stderr)
+    if plot_path is not None:
+        plot_blocks(model, report.partitions, plot_path)
+        print(f"wrote {plot_path}", file=sys.stderr)
+    return 0

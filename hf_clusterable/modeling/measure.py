@@ -1,0 +1,153 @@
+"""`measure`: how modular is this model? Per-matrix clusterability next to its baseline.
+
+A score means little alone: a random matrix scores the baseline B (1/k for equal blocks), so every row reports C, B
+and the normalised score (C - B) / (1 - B), which is 0 for an unstructured matrix and 1 for a block-diagonal one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import ClusterConfig
+from ..core.partition import Partition
+from ..core.score import baseline, clusterability, normalised
+from .clusters import check_clusters, cluster_model, load_clusters
+from .distributed import full_weight
+from .targets import Target, base_model, find_targets, modules_by_name
+
+
+@dataclass
+class MatrixScore:
+    name: str
+    shape: tuple[int, int]
+    score: float
+    baseline: float
+
+    @property
+    def normalised(self) -> float:
+        return normalised(self.score, self.baseline)
+
+
+@dataclass
+class ClusterReport:
+    """Scores of every target matrix; `partitions` holds the clusters they were computed with."""
+
+    rows: list[MatrixScore]
+    n_clusters: int
+    partitions: dict[str, Partition] = field(repr=False, default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return sum(r.score for r in self.rows) / len(self.rows)
+
+    @property
+    def baseline(self) -> float:
+        return sum(r.baseline for r in self.rows) / len(self.rows)
+
+    @property
+    def normalised(self) -> float:
+        return normalised(self.mean, self.baseline)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_clusters": self.n_clusters,
+            "mean": self.mean,
+            "baseline": self.baseline,
+            "normalised": self.normalised,
+            "matrices": [
+                {
+                    "name": r.name,
+                    "shape": list(r.shape),
+                    "score": r.score,
+                    "baseline": r.baseline,
+                    "normalised": r.normalised,
+                }
+                for r in self.rows
+            ],
+        }
+
+    def to_markdown(self) -> str:
+        lines = [
+            "| matrix | shape | clusterability | baseline | normalised |",
+            "|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {r.name} | {r.shape[0]}x{r.shape[1]} | {r.score:.4f} | {r.baseline:.4f} | {r.normalised:.4f} |"
+            )
+        lines.append(
+            f"| **mean** (k={self.n_clusters}) | | **{self.mean:.4f}** | {self.baseline:.4f} | {self.normalised:.4f} |"
+        )
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def score_weights(
+    weights: Mapping[str, torch.Tensor], targets: list[Target], partitions: Mapping[str, Partition]
+) -> list[MatrixScore]:
+    """Scores of the given `(out, in)` weights, one row per target."""
+    rows = []
+    for t in targets:
+        p = partitions[t.name]
+        rows.append(MatrixScore(t.name, t.shape, float(clusterability(weights[t.name], p)), baseline(p)))
+    return rows
+
+
+def gather_weights(model: nn.Module, targets: list[Target]) -> dict[str, torch.Tensor]:
+    """Every target's whole `(out, in)` weight (gathered from shards: a collective under ZeRO-3 and FSDP2)."""
+    modules = modules_by_name(model)
+    return {t.name: full_weight(modules[t.name]) for t in targets}
+
+
+@torch.no_grad()
+def score_matrices(model: nn.Module, targets: list[Target], partitions: dict[str, Partition]) -> list[MatrixScore]:
+    return score_weights(gather_weights(model, targets), targets, partitions)
+
+
+def resolve_clusters(
+    model: nn.Module, config_or_checkpoint: ClusterConfig | str | os.PathLike | None = None, *, progress: bool = False
+) -> tuple[ClusterConfig, list[Target], dict[str, Partition]]:
+    """Config, targets and partitions for `model`: saved ones from a checkpoint folder/repo, else computed."""
+    saved = None
+    if config_or_checkpoint is None:
+        config = ClusterConfig()
+    elif isinstance(config_or_checkpoint, ClusterConfig):
+        config = config_or_checkpoint
+    else:
+        config = ClusterConfig.from_pretrained(config_or_checkpoint)
+        try:
+            saved = load_clusters(config_or_checkpoint)
+        except FileNotFoundError:
+            saved = None  # a config without clusters: compute them as the config says
+    model_type = getattr(getattr(base_model(model), "config", None), "model_type", None)
+    if config.model_type is not None and model_type is not None and config.model_type != model_type:
+        raise ValueError(
+            f"the cluster config was written for model_type {config.model_type!r} but this model is {model_type!r}; "
+            "load the matching model or pass a new ClusterConfig."
+        )
+    targets = find_targets(model, config.targets, coupled=config.coupled, n_clusters=config.n_clusters)
+    if saved is not None:
+        check_clusters(saved, targets, config.n_clusters)
+        return config, targets, saved
+    return config, targets, cluster_model(model, config, targets, progress=progress)
+
+
+def measure(
+    model: nn.Module, config_or_checkpoint: ClusterConfig | str | os.PathLike | None = None, *, progress: bool = False
+) -> ClusterReport:
+    """Clusterability of every target matrix of `model`.
+
+    `config_or_checkpoint` is a `ClusterConfig` (clusters are computed as it says), a folder or Hub repo holding
+    `cluster_config.json` (its saved `clusters.safetensors` are used when present), or `None` for the defaults
+    (k = 4, spectral co-clustering of the model type's MLP matrices).
+    """
+    config, targets, partitions = resolve_clusters(model, config_or_checkpoint, progress=progress)
+    rows = score_matrices(model, tqdm(targets, desc="scoring", disable=not progress, unit="matrix"), partitions)
+    return ClusterReport(rows, config.n_clusters, partitions)

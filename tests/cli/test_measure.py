@@ -1,0 +1,65 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from hf_clusterable.cli.main import main
+from tests.testing_utils import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_model("gpt2").save_pretrained(path)
+    return path
+
+
+def test_measure_prints_table_and_writes_json_and_plot(model_dir, tmp_path, capsys):
+    json_path, png = tmp_path / "r.json", tmp_path / "h.png"
+    assert main(["measure", str(model_dir), "-k", "3", "--json", str(json_path), "--plot", str(png), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| transformer.h.1.mlp.c_proj | 32x96 |" in out and "baseline" in out
+    data = json.loads(json_path.read_text())
+    assert data["n_clusters"] == 3 and len(data["matrices"]) == 4
+    assert Image.open(png).size[0] > 200
+
+
+def test_per_matrix_blocks_and_targets(model_dir, capsys):
+    assert main(["measure", str(model_dir), "--targets", "attn.c_attn", "--init", "blocks", "--quiet"]) == 0
+    assert "transformer.h.0.attn.c_attn | 96x32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["-k", "1"], "n_clusters must be an integer >= 2"),
+        (["-k", "40"], "smaller side"),
+        (["--targets", "mlp.up_proj"], "transformer.h.N.mlp.c_fc"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(model_dir, tmp_path, capsys, extra, message):
+    json_path = tmp_path / "r.json"
+    assert main(["measure", str(model_dir), "--json", str(json_path), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("hf-clusterable: error:") and message in err[-1]
+    assert not json_path.exists()
+
+
+def test_unwritable_output_fails_before_loading(tmp_path, capsys):
+    assert main(["measure", str(tmp_path / "no-model"), "--json", str(tmp_path / "missing" / "r.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_missing_model_folder_is_named(tmp_path, capsys):
+    assert main(["measure", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert "no such model folder" in capsys.readouterr().err
+
+
+def test_nan_weights_are_refused(tmp_path, capsys):
+    model = tiny_model("gpt2")
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan")
+    assert main(["measure", str(tmp_path / "nan"), "--quiet"]) == 2
+    assert "NaN or Inf" in capsys.readouterr().err
