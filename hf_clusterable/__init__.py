@@ -23,6 +23,7 @@ _IMPORT_STRUCTURE: dict[str, list[str]] = {
     "modeling.targets": ["Target", "find_targets", "get_weight"],
     "modeling.clusters": ["cluster_model", "load_clusters", "save_clusters"],
     "modeling.measure": ["ClusterReport", "MatrixScore", "measure"],
+    "modeling.extract": ["extract_cluster"],
     "training.trainer": ["ClusterableTrainer"],
     "hub.card": ["render_card", "write_card"],
     "hub.push": ["push_folder"],
@@ -53,6 +54,7 @@ __all__ = [
     "classification_task",
     "cluster_model",
     "clusterability",
+    "extract_cluster",
     "find_targets",
     "get_weight",
     "load_clusters",
@@ -96,6 +98,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .hub.card import render_card, write_card
     from .hub.push import push_folder
     from .modeling.clusters import cluster_model, load_clusters, save_clusters
+    from .modeling.extract import extract_cluster
     from .modeling.measure import ClusterReport, MatrixScore, measure
     from .modeling.targets import Target, find_targets, get_weight
     from .training.trainer import ClusterableTrainer

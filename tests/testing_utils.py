@@ -199,3 +199,43 @@ def tiny_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "<pad>"])
     tokenizer.train_from_iterator(pydoc_text()[:300], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<pad>")
+
+
+def shake(model: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Add noise to every parameter, biases included (tiny models start with zero biases and weights so small that
+    their MLPs barely move the output), so a test that compares outputs can tell models apart."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g).to(p.dtype))
+    return model
+
+
+def random_partitions(model: torch.nn.Module, k: int = 3, seed: int = 0) -> dict:
+    """Coupled partitions with random labels, so cluster sizes differ from layer to layer (extraction pads)."""
+    from hf_clusterable import Partition, find_targets
+    from hf_clusterable.modeling.targets import groups
+
+    g = torch.Generator().manual_seed(seed)
+    partitions = {}
+    for members in groups(find_targets(model)).values():
+        hidden, residual = members[0].group_shape
+        rows, cols = (torch.randint(0, k, (n,), generator=g) for n in (hidden, residual))
+        shared = Partition(rows, cols, k)
+        for t in members:
+            partitions[t.name] = shared.T if t.transposed else shared
+    return partitions
+
+
+@torch.no_grad()
+def silence_others(model: torch.nn.Module, partitions: dict, cluster: int) -> torch.nn.Module:
+    """The reference an extracted cluster must match: every hidden neuron of another cluster silenced by zeroing
+    its down-projection column (the down bias is kept), in place."""
+    from hf_clusterable import find_targets, get_weight
+    from hf_clusterable.modeling.targets import modules_by_name
+
+    modules = modules_by_name(model)
+    for t in find_targets(model):
+        if t.transposed:
+            get_weight(modules[t.name])[:, partitions[t.name].col_labels != cluster] = 0
+    return model
