@@ -239,3 +239,19 @@ def silence_others(model: torch.nn.Module, partitions: dict, cluster: int) -> to
         if t.transposed:
             get_weight(modules[t.name])[:, partitions[t.name].col_labels != cluster] = 0
     return model
+
+
+def save_clustered(folder, model: torch.nn.Module, config: ClusterConfig, tokenizer=None):
+    """Save `model` as ClusterableTrainer.save_model would: weights, `cluster_config.json`, `clusters.safetensors`
+    (computed as `config` says), and the tokenizer when given. Returns the partitions."""
+    from hf_clusterable.modeling.clusters import save_clusters
+    from hf_clusterable.modeling.measure import resolve_clusters
+
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    _, _, partitions = resolve_clusters(model, config)
+    config.model_type = model.config.model_type
+    config.save_pretrained(folder)
+    save_clusters(folder, partitions)
+    return partitions

@@ -1,9 +1,10 @@
 """`analyze`: are a clustered model's clusters really separate, do they specialise, and are its circuits smaller?
 
 The paper's interpretability evaluations, run on held-out data (see `tasks.py`): the cut test and cluster ablation
-with its specialisation index against random splits (`ablation.py`), and effective circuit sizes (`circuits.py`).
-`analyze` runs all three and returns an `AnalysisReport` (`report.py`); `hf-clusterable analyze` does the same for a
-saved checkpoint and writes the report next to it. The model ends as it started.
+with its specialisation index against random splits (`ablation.py`), each cluster extracted on its own
+(`clusters.py`), and effective circuit sizes (`circuits.py`). `analyze` runs them all and returns an
+`AnalysisReport` (`report.py`); `hf-clusterable analyze` does the same for a saved checkpoint and writes the report
+next to it. The model ends as it started.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import os
 from torch import nn
 
 from ..config import ClusterConfig
+from ..modeling.extract import extractable_layers
 from ..modeling.measure import ClusterReport, resolve_clusters, score_matrices
 from ..utils.validation import require_int
 from .ablation import cluster_ablation, cut_test, editable, evaluate_task
 from .circuits import circuit_sizes
+from .clusters import cluster_parts
 from .report import AnalysisReport
 from .tasks import Task
 
@@ -31,9 +34,12 @@ def analyze(
     max_categories: int | None = None,
     steps: int = 10,
     seed: int = 0,
+    per_cluster: bool = True,
+    tokenizer=None,
     progress: bool = False,
 ) -> AnalysisReport:
-    """Cut test, cluster ablation with specialisation index, and effective circuit sizes of `model` on `task`.
+    """Cut test, cluster ablation with specialisation index, each cluster on its own, and effective circuit sizes of
+    `model` on `task`.
 
     Args:
         model: any model `ClusterableTrainer` accepts (a PEFT model is analysed through a merged copy).
@@ -44,6 +50,10 @@ def analyze(
         random_splits (`int`, defaults to 3): random equal-size neuron splits the specialisation index is compared to.
         max_categories (`int`, *optional*): measure circuits for at most this many categories (0: whole task only).
         steps (`int`, defaults to 10): bisection steps per circuit.
+        per_cluster (`bool`, defaults to True): measure each cluster extracted alone, the model without it, the
+            targets it matters most for and the sum of parts (`clusters.cluster_parts`); skipped, with the reason in
+            the report, when the clusters are not sub-MLPs (per-matrix clusters).
+        tokenizer (*optional*): decodes token ids in the per-cluster tables.
     """
     require_int("random_splits", random_splits, 0)
     require_int("steps", steps, 1)
@@ -51,6 +61,12 @@ def analyze(
         raise ValueError(f"share must be in (0, 1], got {share}.")
     config, targets, partitions = resolve_clusters(model, clusters)
     plain = editable(model)
+    parts, parts_skipped = None, None
+    if per_cluster:
+        try:
+            extractable_layers(plain, targets, partitions)
+        except ValueError as err:
+            parts_skipped = str(err)
     was_training = plain.training
     plain.eval()
     try:
@@ -70,6 +86,8 @@ def analyze(
             reference=full,
             progress=progress,
         )
+        if per_cluster and parts_skipped is None:
+            parts = cluster_parts(plain, task, targets, partitions, tokenizer=tokenizer, progress=progress)
     finally:
         plain.train(was_training)
     summary = ClusterReport(scores, config.n_clusters)
@@ -84,4 +102,6 @@ def analyze(
         ablation,
         circuits,
         partitions,
+        parts,
+        parts_skipped,
     )

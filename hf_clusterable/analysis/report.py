@@ -21,6 +21,7 @@ from ..utils.io import atomic_write, json_safe, json_text
 from ..utils.stats import nanmean, nanstd
 from .ablation import Ablation, Evaluation
 from .circuits import Circuits
+from .clusters import ClusterParts
 
 
 TABLE_LIMIT = 20  # categories shown as table columns; more go to the plots and the JSON
@@ -45,6 +46,8 @@ class AnalysisReport:
     ablation: Ablation
     circuits: Circuits
     partitions: dict[str, Partition] = field(repr=False, default_factory=dict)
+    parts: ClusterParts | None = None  # each cluster on its own; None when not measured
+    parts_skipped: str | None = None  # why not, when the clusters are not sub-MLPs
 
     @property
     def cut_accuracy_drop(self) -> float:
@@ -68,6 +71,7 @@ class AnalysisReport:
             f"(loss {self.full.loss:.4f} -> {self.cut.loss:.4f}); specialisation {_fmt(self.ablation.specialisation)} "
             f"(random splits {_fmt(self.ablation.random_mean)}); circuit size {_fmt(self.circuits.task_fraction)} of "
             f"target weights for the task, {_fmt(self.circuits.mean_fraction)} per category"
+            + (self.parts.summary() if self.parts is not None else "")
         )
 
     def to_markdown(self, title: str | None = None, figures: bool = True) -> str:
@@ -92,6 +96,7 @@ class AnalysisReport:
             nanmean=nanmean,
             nanstd=nanstd,
             zip=zip,
+            parts=self.parts.to_markdown(figures) if self.parts is not None else None,
         )
 
     def plot_damage(self) -> bytes:
@@ -139,11 +144,14 @@ class AnalysisReport:
         return png_bytes(fig)
 
     def save(self, output_dir: str | os.PathLike, model: nn.Module, title: str | None = None) -> list[str]:
-        """Write report.md, analysis.json and the PNGs (damage, circuits, block heatmaps) into `output_dir`."""
+        """Write report.md, analysis.json and the PNGs (damage, circuits, clusters alone, block heatmaps) into
+        `output_dir`."""
         from ..modeling.plot import plot_blocks
 
         out = Path(output_dir)
         figures = {"damage.png": self.plot_damage(), "circuits.png": self.plot_circuits()}
+        if self.parts is not None:
+            figures["clusters.png"] = self.parts.plot()
         for name, data in figures.items():
             atomic_write(out / name, data)
         plot_blocks(model, self.partitions, out / "blocks.png")

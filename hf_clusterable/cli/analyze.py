@@ -31,6 +31,29 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="folder written by ClusterableTrainer.save_model (or a Hub repo)")
     p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
     p.add_argument("--output-dir", default=None, help="where report.md and the PNGs go (default: CHECKPOINT/analysis)")
+    add_data_arguments(p)
+    p.add_argument("--share", type=float, default=0.9, help="performance a circuit must keep (default 0.9)")
+    p.add_argument("--random-splits", type=int, default=3, help="random neuron splits to compare with (default 3)")
+    p.add_argument(
+        "--circuit-categories",
+        type=int,
+        default=20,
+        help="categories whose circuits are measured (default 20; 0: none)",
+    )
+    p.add_argument("--bisection-steps", type=int, default=10, help="circuit-size resolution 2^-N (default 10)")
+    p.add_argument(
+        "--no-per-cluster",
+        dest="per_cluster",
+        action="store_false",
+        help="skip extracting each cluster on its own (loss alone, loss without it, its tokens, sum of parts)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random splits")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The held-out data flags, shared by `analyze` and `extract` (see `load_task`)."""
     p.add_argument(
         "--dataset", default=None, help="held-out data: save_to_disk folder or .json/.jsonl/.csv/.parquet/.txt"
     )
@@ -45,21 +68,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=128, help="causal-lm: tokens per sequence")
     p.add_argument("--max-examples", type=int, default=None, help="causal-lm: sequences to use")
     p.add_argument("--token-categories", default="frequency", help="causal-lm: 'frequency' buckets or token 'type'")
-    p.add_argument("--share", type=float, default=0.9, help="performance a circuit must keep (default 0.9)")
-    p.add_argument("--random-splits", type=int, default=3, help="random neuron splits to compare with (default 3)")
-    p.add_argument(
-        "--circuit-categories",
-        type=int,
-        default=20,
-        help="categories whose circuits are measured (default 20; 0: none)",
-    )
-    p.add_argument("--bisection-steps", type=int, default=10, help="circuit-size resolution 2^-N (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random splits")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def check_data_args(args: argparse.Namespace) -> None:
+    """Check `--task` and the data flags of `add_data_arguments` before any work; normalises `args.task`."""
     args.task = task_name(args.task, ANALYSIS_TASKS).replace("_", "-")
     if args.token_categories not in TOKEN_CATEGORIES:
         raise ValueError(
@@ -73,10 +85,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(
             "--task modular-addition builds its own data; use --data-seed and --split instead of --dataset."
         )
+    if args.max_length < 2:
+        raise ValueError(f"--max-length must be >= 2, got {args.max_length}.")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    check_data_args(args)
     for flag, value, low in (
         ("--random-splits", args.random_splits, 0),
         ("--bisection-steps", args.bisection_steps, 1),
-        ("--max-length", args.max_length, 2),
     ):
         if value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}.")
@@ -86,13 +103,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--share must be in (0, 1], got {args.share}.")
 
 
-def _check_clusters(checkpoint: str) -> None:
+def check_clustered_checkpoint(checkpoint: str, command: str) -> None:
+    """Fail in one line unless `checkpoint` is a folder or Hub repo holding the clusters a model was saved with."""
+    if not Path(checkpoint).expanduser().is_dir() and looks_local(checkpoint):
+        raise ValueError(f"{checkpoint}: no such checkpoint folder.")
     for name in (CONFIG_NAME, CLUSTERS_NAME):
         try:
             resolve_file(checkpoint, name)
         except FileNotFoundError as err:
             raise ValueError(
-                f"{checkpoint} has no {name}: analyze needs a model saved with its clusters by ClusterableTrainer "
+                f"{checkpoint} has no {name}: {command} needs a model saved with its clusters by ClusterableTrainer "
                 "(trainer.save_model)."
             ) from err
 
@@ -124,8 +144,9 @@ def _modular_addition_split(args: argparse.Namespace, vocab_size: int) -> dict[s
     return {**recorded, "seed": seed}
 
 
-def _load_task(args: argparse.Namespace) -> tuple[Task, Any]:
-    """The task's data, validated, and the loader of the matching model class (called after validation)."""
+def load_task(args: argparse.Namespace) -> tuple[Task, Any, Any]:
+    """The task's data, validated, the loader of the matching model class, and the checkpoint's tokenizer for
+    causal-lm (None elsewhere, or when it has none). Call after `check_data_args`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification
 
     from ..analysis.tasks import causal_lm_task, classification_task
@@ -143,13 +164,13 @@ def _load_task(args: argparse.Namespace) -> tuple[Task, Any]:
 
             dataset = digits(seed=args.data_seed or 0)[args.split or "test"]
         task = classification_task(dataset, name="digits" if args.dataset is None else "classification")
-        return task, AutoModelForImageClassification
+        return task, AutoModelForImageClassification, None
     if args.task == "modular-addition":
         vocab = getattr(AutoConfig.from_pretrained(args.checkpoint), "vocab_size", None)
         if not isinstance(vocab, int) or vocab < 3:
             raise ValueError(f"{args.checkpoint} is not a modular-addition model (vocab_size {vocab!r}).")
         split = _modular_addition_split(args, vocab)
-        return modular_addition_task(split=args.split or "test", **split), AutoModelForCausalLM
+        return modular_addition_task(split=args.split or "test", **split), AutoModelForCausalLM, None
     tokenizer = None
     try:
         from transformers import AutoTokenizer
@@ -165,7 +186,7 @@ def _load_task(args: argparse.Namespace) -> tuple[Task, Any]:
         max_length=args.max_length,
         max_examples=args.max_examples,
     )
-    return task, AutoModelForCausalLM
+    return task, AutoModelForCausalLM, tokenizer
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,13 +194,11 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     local = Path(args.checkpoint).expanduser()
-    if not local.is_dir() and looks_local(args.checkpoint):
-        raise ValueError(f"{args.checkpoint}: no such checkpoint folder.")
+    check_clustered_checkpoint(args.checkpoint, "analyze")
     default_out = local / "analysis" if local.is_dir() else Path(args.checkpoint.replace("/", "--") + "-analysis")
     out = Path(args.output_dir) if args.output_dir else default_out
     check_writable_folder(out, "--output-dir")
-    _check_clusters(args.checkpoint)
-    task, auto = _load_task(args)
+    task, auto, tokenizer = load_task(args)
     print(f"loading {args.checkpoint} ...", file=sys.stderr)
     model = auto.from_pretrained(args.checkpoint)
     report = analyze(
@@ -191,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
         max_categories=args.circuit_categories,
         steps=args.bisection_steps,
         seed=args.seed,
+        per_cluster=args.per_cluster,
+        tokenizer=tokenizer,
         progress=not args.quiet,
     )
     written = report.save(out, model, title=local.name if local.is_dir() else args.checkpoint)

@@ -1,4 +1,4 @@
-"""hf-clusterable command line: demo, train, measure, push, analyze.
+"""hf-clusterable command line: demo, train, measure, push, analyze, extract.
 
 Each command checks its arguments and output paths before doing work, and a user error ends as one line on stderr
 with exit status 2 instead of a traceback.
@@ -11,10 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import analyze, demo, measure, push, train
+from . import analyze, demo, extract, measure, push, train
 
 
-COMMANDS = (demo, train, measure, push, analyze)
+COMMANDS = (demo, train, measure, push, analyze, extract)
 
 
 class _StderrHandler(logging.Handler):

@@ -40,10 +40,7 @@ def prepare_folder(folder: str | os.PathLike, repo_id: str) -> ClusterReport:
     `cluster_metrics.json` where missing, from `measure(model, folder)`; existing files are kept as they are.
     """
     folder = Path(folder)
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise ValueError(f"invalid repo id {repo_id!r}: {err}") from err
+    check_repo_id(repo_id)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder; give the output_dir of a ClusterableTrainer run.")
     if not (folder / CONFIG_NAME).is_file():
@@ -69,6 +66,14 @@ def prepare_folder(folder: str | os.PathLike, repo_id: str) -> ClusterReport:
     if not (folder / METRICS_NAME).is_file():
         atomic_write(folder / METRICS_NAME, json_text(report.to_dict()))
     return report
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Fail in one line, before any request, when `repo_id` cannot name a Hub repo."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"invalid repo id {repo_id!r}: {err}") from err
 
 
 def commit_message(report: ClusterReport) -> str:
@@ -106,6 +111,29 @@ def push_folder(
         report.mean,
         report.baseline,
     )
+    return upload_folder(
+        folder,
+        repo_id,
+        commit_message(report),
+        private=private,
+        revision=revision,
+        create_pr=create_pr,
+        token=token,
+    )
+
+
+def upload_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    message: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+) -> CommitInfo:
+    """Upload a checked folder in one commit (the repo, and the branch `revision`, created if missing); any Hub or
+    network failure becomes one `OSError` line that never echoes the token."""
     try:
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
@@ -116,7 +144,7 @@ def push_folder(
             folder_path=folder,
             revision=revision,
             create_pr=create_pr,
-            commit_message=commit_message(report),
+            commit_message=message,
             ignore_patterns=IGNORE_PATTERNS,
         )
     except Exception as err:  # HTTP errors and transport failures (refused, dropped, timed out) alike

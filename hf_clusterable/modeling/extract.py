@@ -254,7 +254,7 @@ def extract_cluster(model: nn.Module, clusters: Clusters, cluster: int) -> nn.Mo
     """
     plain = merged_copy(model)
     targets, partitions, k = resolve_partitions(plain, clusters)
-    layers = mlp_layers(plain, targets, partitions)
+    layers = extractable_layers(plain, targets, partitions)
     size = cluster_size(layers, cluster, k)
     target_config, field_name = intermediate_size_field(plain.config, layers[0].width)
     modules = modules_by_name(plain)
@@ -275,7 +275,12 @@ def describe_cluster(model: nn.Module, clusters: Clusters, cluster: int) -> Clus
     """The size of `cluster` (neurons per MLP, share of MLP weights) and every check `extract_cluster` makes on its
     arguments, without copying the model."""
     targets, partitions, k = resolve_partitions(model, clusters)
+    return cluster_size(extractable_layers(model, targets, partitions), cluster, k)
+
+
+def extractable_layers(model: nn.Module, targets: list[Target], partitions: Mapping[str, Partition]) -> list[MLPLayer]:
+    """`mlp_layers`, after checking that the model's config says where its MLP width is (so the extracted model
+    can be saved and reloaded): every check `extract_cluster` makes that does not depend on the cluster."""
     layers = mlp_layers(model, targets, partitions)
-    size = cluster_size(layers, cluster, k)
     intermediate_size_field(base_model(model).config, layers[0].width)
-    return size
+    return layers
