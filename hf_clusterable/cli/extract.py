@@ -49,8 +49,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _check_args(args: argparse.Namespace) -> list[str]:
-    """Check the flags; returns the Hub repos to push to (none without --push-to-hub)."""
+def _check_args(args: argparse.Namespace) -> None:
+    """Check the flags before any work."""
     if args.all == (args.cluster is not None):
         raise ValueError("give either --cluster C or --all.")
     if args.cluster is not None and args.cluster < 0:
@@ -59,12 +59,10 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         args.task = "causal-lm"
     if args.task is not None:
         check_data_args(args)
-    if args.push_to_hub is None:
-        return []
-    from ..hub.push import check_repo_id
+    if args.push_to_hub is not None:
+        from ..hub.push import check_repo_id
 
-    check_repo_id(args.push_to_hub)
-    return [args.push_to_hub]
+        check_repo_id(args.push_to_hub)
 
 
 def _model_class(checkpoint: str) -> Any:
@@ -123,21 +121,32 @@ def _staging_folder(out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    repos = _check_args(args)
+    _check_args(args)
     out = check_output_dir(args.output_dir, "--output-dir", overwrite=args.overwrite)
     check_clustered_checkpoint(args.checkpoint, "extract")
     staging = _staging_folder(out)
     try:
-        folders = _extract(args, out, staging, repos)
+        written = _extract(args, out, staging)
         _move_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _push(folders, repos, args)
+    for _, _, line in written:
+        print(line)
+    if args.push_to_hub is not None:
+        _push(written, args)
     return 0
 
 
-def _extract(args: argparse.Namespace, out: Path, staging: Path, repos: list[str]) -> list[Path]:
-    """Load, check, extract and write every chosen cluster into `staging`; returns the folders they get in `out`."""
+def _repo(args: argparse.Namespace, cluster: int) -> str | None:
+    """The Hub repo cluster `cluster` goes to: --push-to-hub itself, or REPO-cluster-C with --all."""
+    if args.push_to_hub is None:
+        return None
+    return f"{args.push_to_hub}-cluster-{cluster}" if args.all else args.push_to_hub
+
+
+def _extract(args: argparse.Namespace, out: Path, staging: Path) -> list[tuple[Path, str | None, str]]:
+    """Load, check, extract and write every chosen cluster into `staging`; returns the folder each gets in `out`, the
+    Hub repo it goes to, and a line saying what it is."""
     from ..analysis.ablation import evaluate_task
     from ..analysis.clusters import evaluate_cluster
     from ..examples.models import register_auto_classes
@@ -160,15 +169,13 @@ def _extract(args: argparse.Namespace, out: Path, staging: Path, repos: list[str
     chosen = list(range(k)) if args.all else [args.cluster]
     sizes = {c: cluster_size(layers, c, k) for c in chosen}  # out of range or empty: fails here, before any write
     width_field = intermediate_size_field(model.config, layers[0].width)[1]
-    if args.all and repos:
-        repos[:] = [f"{repos[0]}-cluster-{c}" for c in chosen]
     name = out.absolute().name
     processor = _processor(args.checkpoint, tokenizer)
     full = evaluate_task(model, task) if task is not None else None
     source_parameters = sum(p.numel() for p in model.parameters())
-    folders = []
-    for i, c in enumerate(chosen):
-        folder = staging / f"cluster-{c}" if args.all else staging
+    written = []
+    for c in chosen:
+        folder, repo = (staging / f"cluster-{c}" if args.all else staging), _repo(args, c)
         sub = extract_cluster(model, partitions, c)
         evaluation = None
         if task is not None:
@@ -184,13 +191,13 @@ def _extract(args: argparse.Namespace, out: Path, staging: Path, repos: list[str
             source=args.checkpoint,
             source_parameters=source_parameters,
             width_field=width_field,
-            model_name=repos[i].split("/")[-1] if repos else (f"{name}-cluster-{c}" if args.all else name),
-            repo_id=repos[i] if repos else None,
+            model_name=repo.split("/")[-1] if repo else (f"{name}-cluster-{c}" if args.all else name),
+            repo_id=repo,
             evaluation=evaluation,
         )
-        folders.append(out / f"cluster-{c}" if args.all else out)
-        print(_line(sizes[c], evaluation, folders[-1]))
-    return folders
+        final = out / f"cluster-{c}" if args.all else out
+        written.append((final, repo, _line(sizes[c], evaluation, final)))
+    return written
 
 
 def _line(size, evaluation: dict[str, Any] | None, folder: Path) -> str:
@@ -207,10 +214,10 @@ def _line(size, evaluation: dict[str, Any] | None, folder: Path) -> str:
     return f"{text} -> {folder}"
 
 
-def _push(folders: list[Path], repos: list[str], args: argparse.Namespace) -> None:
+def _push(written: list[tuple[Path, str | None, str]], args: argparse.Namespace) -> None:
     from ..hub.push import upload_folder
 
-    for folder, repo in zip(folders, repos, strict=False):
+    for folder, repo, _ in written:
         info = upload_folder(
             folder,
             repo,

@@ -4,8 +4,8 @@ With coupled clusters (the default) hidden neuron i of an MLP carries one label 
 column, so cluster c of every MLP is a sub-MLP. The extracted model keeps, in every MLP, only the hidden neurons
 labelled c; everything else (embeddings, attention, norms, the down projection's bias, the head) is copied unchanged.
 Its outputs are those of the full model with every other cluster's hidden neurons silenced (their down-projection
-columns zeroed), and it is an ordinary `transformers` model: `save_pretrained`, `from_pretrained`, lm-eval and
-TransformerLens load it like any other.
+columns zeroed), and it is an ordinary `transformers` model of the source's class: `save_pretrained` writes it and
+`from_pretrained` (or any tool that loads models through it) reads it back.
 
 The config holds one intermediate size for all layers in every architecture we target, so it becomes the largest
 count of cluster-c neurons over the layers, and layers with fewer get zero neurons: rows of zeros (and zero biases)
