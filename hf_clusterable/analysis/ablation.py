@@ -12,7 +12,6 @@ edit is made in place and undone on exit, so the model ends as it started. `circ
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.partition import Partition
+from ..modeling.extract import merged_copy
 from ..modeling.targets import Target, base_model, get_weight, modules_by_name, stored_weight
 from ..utils.stats import nanmean
 from .tasks import Task, batch_to, model_device
@@ -98,9 +98,7 @@ def editable(model: nn.Module) -> nn.Module:
     A LoRA layer's effective weight W + BA is computed on the fly, so zeroing parts of it needs merged weights.
     """
     model = getattr(model, "_orig_mod", model)
-    if isinstance(model, PeftModel):
-        return copy.deepcopy(model).merge_and_unload()
-    return model
+    return merged_copy(model) if isinstance(model, PeftModel) else model
 
 
 @contextmanager
