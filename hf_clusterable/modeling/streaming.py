@@ -6,7 +6,8 @@ which allocates no weights, so `find_targets` resolves exactly the targets it fi
 keys are matched to the skeleton's parameters the way transformers matches them when loading (the architecture's
 key renamings, then the base-model prefix added or dropped), and a tied weight is read from the tensor it is tied
 to. Each lookup reads one tensor of one shard into fp32 with `safe_open`, a block of rows at a time, so a matrix
-costs its fp32 copy and no more: a 7B model is measured in about 0.5 GiB above the interpreter, a 70B in under 2.
+costs its fp32 copy and no more: a Llama-2-7B is measured in about 0.5 GiB above the interpreter, a 70B-shaped
+one in about 1.8 GiB (`benchmarks/measure_from_disk.py`).
 """
 
 from __future__ import annotations
