@@ -31,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from ..config import ClusterConfig
     from ..examples.models import register_auto_classes
     from ..examples.offline import GEMMA3_270M, gemma3_270m_gguf
-    from ..modeling.loading import load_model
     from ..modeling.measure import measure
-    from ..modeling.plot import plot_blocks
+    from ..modeling.plot import panel_names, plot_blocks, render_blocks
+    from ..modeling.streaming import DiskWeights, open_model
     from ..utils.io import atomic_write, check_output_file, json_text
 
     json_path = check_output_file(args.json, "--json")
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"loading {name} ...", file=sys.stderr)
     register_auto_classes()  # a ClusterNet checkpoint (the paper's example networks) loads like any other model
     folder, gguf_file = gemma3_270m_gguf() if args.model is None else (args.model, args.gguf_file)
-    model = load_model(folder, gguf_file)
+    model = open_model(folder, gguf_file)  # a folder of safetensors is read one matrix at a time, never loaded
     report = measure(model, args.model if saved else config, progress=not args.quiet)
     print(report.to_markdown())
     print(
@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(json_path, json_text({"model": name, **report.to_dict()}))
         print(f"wrote {json_path}", file=sys.stderr)
     if plot_path is not None:
-        plot_blocks(model, report.partitions, plot_path)
+        if isinstance(model, DiskWeights):  # read the few panels' matrices only
+            atomic_write(plot_path, render_blocks(model.select(panel_names(report.partitions)), report.partitions))
+        else:
+            plot_blocks(model, report.partitions, plot_path)
         print(f"wrote {plot_path}", file=sys.stderr)
     return 0

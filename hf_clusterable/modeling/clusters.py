@@ -8,6 +8,7 @@ whose clusters no longer fit the model is caught before anything trains on it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -26,22 +27,49 @@ from .distributed import full_weight
 from .targets import Target, groups, modules_by_name
 
 
-def group_affinity(model: nn.Module, members: list[Target]) -> torch.Tensor:
-    """|W| of an MLP's matrices laid out as hidden x residual and summed, each scaled to mean 1 so none dominates."""
-    modules = modules_by_name(model)
+def group_affinity(
+    weights: Mapping[str, torch.Tensor], members: list[Target], block_elements: int = 2**22
+) -> torch.Tensor:
+    """|W| of an MLP's matrices laid out as hidden x residual and summed, each scaled to mean 1 so none dominates.
+
+    `weights` maps each member's name to its `(out, in)` weight and is read one member at a time. Each matrix is
+    worked through in blocks of about `block_elements`, so besides the fp32 sum only one block of |W| exists at a
+    time: a 70B MLP matrix (28672 x 8192) is 0.9 GiB in fp32, and a reader from disk then holds just one of them.
+    """
     total = None
     for t in members:
-        a = full_weight(modules[t.name]).float().abs()
-        a = a.T if t.transposed else a
-        a = a / a.mean().clamp_min(torch.finfo(torch.float32).tiny)
-        total = a if total is None else total + a
+        weight = weights[t.name]
+        # Blocks are cut along the weight's outer dimension in memory, so each is a dense slice that converts to
+        # fp32 in the same layout from any dtype: the sums then add up in the same order for bf16 and fp32 weights.
+        dim = 0 if weight.stride(0) >= weight.stride(1) else 1
+        step = max(1, block_elements // weight.shape[1 - dim])
+        spans = [(i, min(step, weight.shape[dim] - i)) for i in range(0, weight.shape[dim], step)]
+        mass = sum(float(weight.narrow(dim, i, n).float().abs().sum(dtype=torch.float64)) for i, n in spans)
+        scale = max(mass / weight.numel(), torch.finfo(torch.float32).tiny)
+        if total is None:
+            total = torch.zeros(t.group_shape, dtype=torch.float32, device=weight.device)
+        side = 1 - dim if t.transposed else dim  # the same span of the hidden x residual sum
+        for i, n in spans:
+            block = weight.narrow(dim, i, n).float().abs().div_(scale)
+            total.narrow(side, i, n).add_(block.T if t.transposed else block)
+        del weight  # a weight read from disk is released before the next one is read
     return total
 
 
 def cluster_model(
-    model: nn.Module, config: ClusterConfig, targets: list[Target], *, progress: bool = False
+    model: nn.Module,
+    config: ClusterConfig,
+    targets: list[Target],
+    *,
+    progress: bool = False,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Partition]:
-    """One partition per target matrix: spectral co-clustering (or contiguous blocks) per group."""
+    """One partition per target matrix: spectral co-clustering (or contiguous blocks) per group.
+
+    `weights` (name -> `(out, in)` weight, e.g. `DiskWeights` reading a checkpoint) stands in for the model's own
+    weights; `model` then only has to know the module names, as a skeleton on the meta device does.
+    """
+    modules = modules_by_name(model)
     partitions: dict[str, Partition] = {}
     grouped = groups(targets)
     for members in tqdm(grouped.values(), desc="co-clustering", disable=not progress, unit="group"):
@@ -49,8 +77,10 @@ def cluster_model(
             shared = Partition.blocks(*members[0].group_shape, config.n_clusters)
         else:
             with torch.no_grad():
-                affinity = group_affinity(model, members)
-            shared = spectral_cocluster(affinity, config.n_clusters, seed=config.seed, tolerance=config.balance)
+                source = weights if weights is not None else {t.name: full_weight(modules[t.name]) for t in members}
+                affinity = group_affinity(source, members)
+                shared = spectral_cocluster(affinity, config.n_clusters, seed=config.seed, tolerance=config.balance)
+                del affinity, source  # freed before the next group's matrices are read
         for t in members:
             partitions[t.name] = (shared.T if t.transposed else shared).to("cpu")
     return partitions

@@ -26,11 +26,18 @@ def dequantised(model: nn.Module) -> nn.Module:
     return model
 
 
+def auto_class_for(config: Any) -> Any:
+    """The causal LM auto class when the architecture has one, `AutoModel` otherwise (one choice for every loader)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    return AutoModelForCausalLM if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else AutoModel
+
+
 def load_model(name: str, gguf_file: str | None = None, *, auto_class: Any = None, **kwargs: Any) -> nn.Module:
     """A model from a local folder or Hub id: `auto_class` if given, else the causal LM class when the architecture
     has one and `AutoModel` otherwise. `kwargs` go to `from_pretrained` (revision, dtype, config overrides...)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers import AutoConfig
 
     name = require_local_or_repo(name, "model", "model folder")
     if gguf_file:
@@ -39,6 +46,6 @@ def load_model(name: str, gguf_file: str | None = None, *, auto_class: Any = Non
         config = AutoConfig.from_pretrained(
             name, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "revision")}
         )
-        auto_class = AutoModelForCausalLM if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else AutoModel
+        auto_class = auto_class_for(config)
     model = auto_class.from_pretrained(name, **kwargs)
     return dequantised(model) if gguf_file else model

@@ -20,6 +20,7 @@ from ..core.partition import Partition
 from ..core.score import baseline, clusterability, normalised
 from .clusters import check_clusters, cluster_model, load_clusters
 from .distributed import full_weight
+from .streaming import DiskWeights, open_model
 from .targets import Target, base_model, find_targets, modules_by_name
 
 
@@ -112,9 +113,14 @@ def score_matrices(model: nn.Module, targets: list[Target], partitions: dict[str
 
 
 def resolve_clusters(
-    model: nn.Module, config_or_checkpoint: ClusterConfig | str | os.PathLike | None = None, *, progress: bool = False
+    model: nn.Module,
+    config_or_checkpoint: ClusterConfig | str | os.PathLike | None = None,
+    *,
+    progress: bool = False,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[ClusterConfig, list[Target], dict[str, Partition]]:
-    """Config, targets and partitions for `model`: saved ones from a checkpoint folder/repo, else computed."""
+    """Config, targets and partitions for `model`: saved ones from a checkpoint folder/repo, else computed (from
+    `weights` when given, e.g. read from disk, else from the model's own)."""
     saved = None
     if config_or_checkpoint is None:
         config = ClusterConfig()
@@ -136,18 +142,28 @@ def resolve_clusters(
     if saved is not None:
         check_clusters(saved, targets, config.n_clusters)
         return config, targets, saved
-    return config, targets, cluster_model(model, config, targets, progress=progress)
+    return config, targets, cluster_model(model, config, targets, progress=progress, weights=weights)
 
 
 def measure(
-    model: nn.Module, config_or_checkpoint: ClusterConfig | str | os.PathLike | None = None, *, progress: bool = False
+    model: nn.Module | DiskWeights | str | os.PathLike,
+    config_or_checkpoint: ClusterConfig | str | os.PathLike | None = None,
+    *,
+    progress: bool = False,
 ) -> ClusterReport:
     """Clusterability of every target matrix of `model`.
 
     `config_or_checkpoint` is a `ClusterConfig` (clusters are computed as it says), a folder or Hub repo holding
     `cluster_config.json` (its saved `clusters.safetensors` are used when present), or `None` for the defaults
     (k = 4, spectral co-clustering of the model type's MLP matrices).
+
+    `model` may also be a local folder of safetensors weights (or its `DiskWeights`): the model is then never
+    loaded, each matrix is read from disk when it is clustered or scored, and the report is the one the loaded
+    model gives. Any other name (a Hub id, a folder of other weights) is loaded with `load_model`.
     """
-    config, targets, partitions = resolve_clusters(model, config_or_checkpoint, progress=progress)
-    rows = score_matrices(model, tqdm(targets, desc="scoring", disable=not progress, unit="matrix"), partitions)
+    source = open_model(model) if isinstance(model, (str, os.PathLike)) else model
+    model, weights = (source.model, source) if isinstance(source, DiskWeights) else (source, None)
+    config, targets, partitions = resolve_clusters(model, config_or_checkpoint, progress=progress, weights=weights)
+    scored = tqdm(targets, desc="scoring", disable=not progress, unit="matrix")
+    rows = score_weights(gather_weights(model, targets) if weights is None else weights, scored, partitions)
     return ClusterReport(rows, config.n_clusters, partitions)

@@ -63,3 +63,19 @@ def test_nan_weights_are_refused(tmp_path, capsys):
     model.save_pretrained(tmp_path / "nan")
     assert main(["measure", str(tmp_path / "nan"), "--quiet"]) == 2
     assert "NaN or Inf" in capsys.readouterr().err
+
+
+def test_safetensors_folder_is_streamed_with_the_loaded_models_output(model_dir, tmp_path, capsys, monkeypatch):
+    from hf_clusterable.modeling import streaming
+
+    def run(tag: str) -> tuple[str, bytes, bytes]:
+        json_path, png = tmp_path / f"{tag}.json", tmp_path / f"{tag}.png"
+        assert main(["measure", str(model_dir), "--json", str(json_path), "--plot", str(png), "--quiet"]) == 0
+        return capsys.readouterr().out, json_path.read_bytes(), png.read_bytes()
+
+    loader = streaming.load_model
+    monkeypatch.setattr(streaming, "load_model", lambda *a, **k: pytest.fail("a safetensors folder was loaded"))
+    streamed = run("streamed")
+    monkeypatch.setattr(streaming, "load_model", loader)
+    monkeypatch.setattr(streaming, "streamable", lambda *a, **k: False)
+    assert run("loaded") == streamed  # same table, same JSON, same heatmap

@@ -3,7 +3,8 @@ import torch
 
 from hf_clusterable import ClusterConfig, Partition, cluster_model, find_targets, load_clusters, save_clusters
 from hf_clusterable.constants import CLUSTERS_NAME
-from hf_clusterable.modeling.clusters import check_clusters
+from hf_clusterable.modeling.clusters import check_clusters, group_affinity
+from hf_clusterable.modeling.targets import get_weight
 from tests.testing_utils import tiny_model
 
 
@@ -53,3 +54,19 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         save_clusters(tmp_path, {"a": Partition(torch.tensor([1, 0, 0, 0]), torch.tensor([0, 1, 1, 1]), 2)})
     assert (tmp_path / CLUSTERS_NAME).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [CLUSTERS_NAME]
+
+
+def test_group_affinity_in_blocks_is_the_whole_matrix_formula():
+    model = tiny_model("gpt2")  # Conv1D: every weight is a transposed view, the down projection joins transposed
+    modules = dict(model.named_modules())
+    members = [t for t in find_targets(model) if t.group == "transformer.h.0"]
+    assert len(members) == 2
+    weights = {t.name: get_weight(modules[t.name]).detach() for t in members}
+    fc, proj = (weights[t.name] for t in members)  # c_proj is the down projection: it joins as its transpose
+    expected = fc.abs() / fc.abs().mean() + proj.T.abs() / proj.abs().mean()
+    for block in (1, 7, 100, 2**22):
+        torch.testing.assert_close(group_affinity(weights, members, block_elements=block), expected)
+    # A bf16 model and the same values handed over in fp32 (as read from disk) give the same bits.
+    bf16 = {name: w.to(torch.bfloat16) for name, w in weights.items()}
+    fp32 = {name: w.float() for name, w in bf16.items()}
+    assert torch.equal(group_affinity(bf16, members, block_elements=100), group_affinity(fp32, members, 100))
