@@ -214,7 +214,7 @@ def test_nan_or_inf_weights_raise(bad):
 def test_compile_setting_is_checked(monkeypatch):
     monkeypatch.setenv("HF_CLUSTERABLE_COMPILE", "sometimes")
     with pytest.raises(ValueError, match="HF_CLUSTERABLE_COMPILE must be"):
-        clusterability(torch.randn(8, 8), Partition.blocks(8, 8, 2))
+        clusterability(torch.randn(8, 8, requires_grad=True), Partition.blocks(8, 8, 2))
 
 
 @pytest.mark.slow
