@@ -30,11 +30,16 @@ import time
 import torch
 
 
-def gpt2_small():
+def gpt2_small(n_embd: int = 768, n_layer: int = 12, device: str = "cpu"):
+    """GPT-2 small by default; wider or deeper shapes for accelerators, where 24 small matrices are launch-bound."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    config = GPT2Config(
+        n_embd=n_embd, n_layer=n_layer, n_head=n_embd // 64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
+    with torch.device(device):
+        return GPT2LMHeadModel(config)
 
 
 def mask_loss(weights: list[torch.Tensor], index_lists: list[list[tuple[torch.Tensor, torch.Tensor]]]):
@@ -82,8 +87,9 @@ def random_partitions(targets, k: int = 4, seed: int = 0) -> dict:
     return out
 
 
-def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
-    """GB/s of a large same-device copy (bytes read + bytes written), best of 5."""
+def copy_bandwidth(device: str) -> float:
+    """GB/s of a large same-device copy (bytes read + bytes written), best of 5: 1 GiB on GPUs, 256 MiB on CPU."""
+    nbytes = 1 << 28 if device == "cpu" else 1 << 30
     src = torch.empty(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -97,12 +103,12 @@ def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / best / 1e9
 
 
-def bench_regulariser(device: str, rounds: int, warmup: int = 3) -> None:
+def bench_regulariser(device: str, rounds: int, n_embd: int = 768, n_layer: int = 12, warmup: int = 3) -> None:
     from hf_clusterable import clusterability, find_targets
     from hf_clusterable.loss import ClusterabilityLoss
     from hf_clusterable.targets import get_weight, modules_by_name, stored_weight
 
-    model = gpt2_small().to(device)
+    model = gpt2_small(n_embd, n_layer, device)
     targets = find_targets(model)
     partitions = random_partitions(targets)
     modules = modules_by_name(model)
@@ -208,7 +214,15 @@ def bench_regulariser(device: str, rounds: int, warmup: int = 3) -> None:
         expected = w64.grad if w.is_contiguous() else w64.grad.T  # .grad is in the stored layout
         grads_ok &= torch.allclose(g.double() * len(parts), expected, rtol=1e-4, atol=1e-10)
 
-    print(f"(a) regulariser fwd+bwd over {len(targets)} MLP matrices (k=4), median of {rounds} interleaved rounds")
+    shapes = sorted({tuple(get_weight(modules[t.name]).shape) for t in targets})
+    print(
+        f"(a) regulariser fwd+bwd over {len(targets)} MLP matrices {shapes} (k=4), "
+        f"median of {rounds} interleaved rounds"
+    )
+    compiled = getattr(sys.modules.get("hf_clusterable.score"), "_compiled", None)
+    if compiled is not None:
+        state = "compiling failed, eager fallback" if compiled.failed else f"{len(compiled._fns)} built"
+        print(f"    fused kernels (hf_clusterable.score): {state}")
     print(
         f"    one read of the weights ({weight_bytes / 2**20:.0f} MiB): {read_s * 1e3:.1f} ms "
         f"= {weight_bytes / read_s / 1e9:.1f} GB/s; same-device copy bandwidth {copy_bandwidth(device):.1f} GB/s"
@@ -315,6 +329,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds of (a)")
     parser.add_argument("--trainer-rounds", type=int, default=2, help="fresh-process rounds of (b) and (c)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for (a); 1 is the most stable")
+    parser.add_argument("--n-embd", type=int, default=768, help="model width for (a); the MLP is 4x wider")
+    parser.add_argument("--n-layer", type=int, default=12, help="layers for (a): 2 MLP matrices each")
     parser.add_argument("--worker", choices=["plain", "ours"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--skip-trainer", action="store_true")
     args = parser.parse_args()
@@ -324,7 +340,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     print(f"device {args.device}, torch threads {torch.get_num_threads()} for (a)")
-    bench_regulariser(args.device, args.rounds)
+    bench_regulariser(args.device, args.rounds, args.n_embd, args.n_layer)
     torch.set_num_threads(threads)
     if not args.skip_trainer:
         bench_trainer(args.device, args.steps, args.batch, args.seq, args.trainer_rounds)
