@@ -152,6 +152,22 @@ def bench_regulariser(device: str, rounds: int, n_embd: int = 768, n_layer: int 
             task = mlp_task()
         (task + 20.0 * (1 - loss())).backward()
 
+    spare = [torch.empty_like(p) for p in params]
+
+    def floor_new():  # the floor with a fresh .grad: one read forward, then read + write into new memory
+        with torch.no_grad():
+            for p in params:
+                p.sum()
+            for p in params:
+                p * 2.0
+
+    def floor_acc():  # the floor when accumulating: one read forward, then read W + read-modify-write .grad
+        with torch.no_grad():
+            for p in params:
+                p.sum()
+            for p, g in zip(params, spare, strict=True):
+                g.add_(p)
+
     def paper_mask():
         mask_loss(params, index_lists).backward()
 
@@ -170,6 +186,8 @@ def bench_regulariser(device: str, rounds: int, n_embd: int = 768, n_layer: int 
         "trainer": (trainer_path, False),
         "model_acc": (model_only, True),
         "trainer_acc": (trainer_path, True),
+        "floor_new": (floor_new, True),
+        "floor_acc": (floor_acc, True),
         "paper_mask": (paper_mask, False),
         "where_eager": (where_eager, False),
         "where_compiled": (where_compiled_fn, False),
@@ -234,6 +252,8 @@ def bench_regulariser(device: str, rounds: int, n_embd: int = 768, n_layer: int 
         ("clusterability(), accumulate into .grad", "clusterability_acc"),
         ("ClusterabilityLoss + capture(), new .grad (marginal)", "trainer"),
         ("ClusterabilityLoss + capture(), accumulate (marginal)", "trainer_acc"),
+        ("floor: read, then read + write into new memory", "floor_new"),
+        ("floor: read, then read W + read-modify-write .grad", "floor_acc"),
         ("baseline: per-step boolean mask (paper)", "paper_mask"),
         ("baseline: torch.where mask, eager", "where_eager"),
         ("baseline: torch.where mask, torch.compile", "where_compiled"),
