@@ -180,7 +180,7 @@ def faint_table(shape, k: int, seeds, rounds: int, threads: int, device: str) ->
 
 
 def gemma(k: int) -> None:
-    from hf_clusterable.offline import load_gemma3_270m
+    from hf_clusterable.examples.offline import load_gemma3_270m
 
     model = load_gemma3_270m()
     for coupled in (True, False):

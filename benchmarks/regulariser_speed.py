@@ -105,8 +105,8 @@ def copy_bandwidth(device: str) -> float:
 
 def bench_regulariser(device: str, rounds: int, n_embd: int = 768, n_layer: int = 12, warmup: int = 3) -> None:
     from hf_clusterable import clusterability, find_targets
-    from hf_clusterable.loss import ClusterabilityLoss
-    from hf_clusterable.targets import get_weight, modules_by_name, stored_weight
+    from hf_clusterable.modeling.targets import get_weight, modules_by_name, stored_weight
+    from hf_clusterable.training.loss import ClusterabilityLoss
 
     model = gpt2_small(n_embd, n_layer, device)
     targets = find_targets(model)
@@ -237,10 +237,9 @@ def bench_regulariser(device: str, rounds: int, n_embd: int = 768, n_layer: int 
         f"(a) regulariser fwd+bwd over {len(targets)} MLP matrices {shapes} (k=4), "
         f"median of {rounds} interleaved rounds"
     )
-    compiled = getattr(sys.modules.get("hf_clusterable.score"), "_compiled", None)
-    if compiled is not None:
-        state = "compiling failed, eager fallback" if compiled.failed else f"{len(compiled._fns)} built"
-        print(f"    fused kernels (hf_clusterable.score): {state}")
+    from hf_clusterable.core.kernels import compiled_kernels_state
+
+    print(f"    fused kernels (hf_clusterable.core.kernels): {compiled_kernels_state()}")
     print(
         f"    one read of the weights ({weight_bytes / 2**20:.0f} MiB): {read_s * 1e3:.1f} ms "
         f"= {weight_bytes / read_s / 1e9:.1f} GB/s; same-device copy bandwidth {copy_bandwidth(device):.1f} GB/s"
@@ -275,7 +274,7 @@ def worker(kind: str, device: str, steps: int, batch: int, seq: int) -> None:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from hf_clusterable import ClusterConfig
-    from hf_clusterable.trainer import ClusterableTrainer
+    from hf_clusterable.training.trainer import ClusterableTrainer
 
     torch.manual_seed(0)
     ids = torch.randint(0, 50257, (batch * (steps + 2), seq)).tolist()

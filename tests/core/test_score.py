@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from hf_clusterable import Partition, baseline, clusterability, normalised, score
+from hf_clusterable import Partition, baseline, clusterability, normalised
+from hf_clusterable.core import kernels, score
 
 
 def _random_partition(n, m, k, seed):
@@ -95,18 +96,18 @@ def test_fused_kernels_match_direct_computation(shape):
     w = torch.randn(*shape, generator=g)
     p = _random_partition(*shape, 3, 1)
     trail_mask = torch.nn.functional.one_hot(p.col_labels, 3).T.float().contiguous()
-    inside, total = score._masses_fused(w, p.row_labels, trail_mask)
+    inside, total = kernels._masses_fused(w, p.row_labels, trail_mask)
     assert float(inside / total) == pytest.approx(_direct(w, p), rel=1e-6)
-    eager_inside, eager_total = score._masses_eager(w, p.row_labels, trail_mask)
+    eager_inside, eager_total = kernels._masses_eager(w, p.row_labels, trail_mask)
     assert float(eager_inside) == pytest.approx(float(inside), rel=1e-6)
     assert float(eager_total) == pytest.approx(float(total), rel=1e-6)
     # backward of C = inside / total: scale_in = 2 / total, scale_total = -2 inside / total^2
     scale_in, scale_total = 2 / total, -2 * inside / total**2
     expected = _direct_grad(w, p).float()
-    torch.testing.assert_close(score._grad_fused(w, p.row_labels, trail_mask, scale_in, scale_total), expected)
-    torch.testing.assert_close(score._grad_eager(w, p.row_labels, trail_mask, scale_in, scale_total), expected)
+    torch.testing.assert_close(kernels._grad_fused(w, p.row_labels, trail_mask, scale_in, scale_total), expected)
+    torch.testing.assert_close(kernels._grad_eager(w, p.row_labels, trail_mask, scale_in, scale_total), expected)
     start = torch.randn(*shape, generator=g)
-    for into in (score._grad_fused_into, lambda out, *a: score._grad_eager(*a, out=out)):
+    for into in (kernels._grad_fused_into, lambda out, *a: kernels._grad_eager(*a, out=out)):
         out = start.clone()
         into(out, w, p.row_labels, trail_mask, scale_in, scale_total)
         torch.testing.assert_close(out, start + expected)
@@ -235,4 +236,4 @@ def test_compiled_kernels_match_direct_computation(monkeypatch):
         c.backward()  # accumulates in place
         expected = _direct_grad(view, p).float()
         torch.testing.assert_close(leaf.grad, 2 * (expected if layout == "plain" else expected.T))
-    assert not score._compiled.failed and score._compiled._fns
+    assert not kernels._compiled.failed and kernels._compiled._fns

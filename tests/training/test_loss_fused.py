@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from hf_clusterable import Partition, find_targets
-from hf_clusterable.loss import ClusterabilityLoss
+from hf_clusterable.training.loss import ClusterabilityLoss
 
 
 def _model_with_zeroed_target(seed: int = 0) -> nn.Sequential:
