@@ -12,6 +12,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from transformers.utils import PushToHubMixin
 from .constants import CONFIG_NAME
 from .utils.hub import hub_download_kwargs, resolve_file
 from .utils.io import atomic_write
-from .utils.validation import require_int
+from .utils.validation import compile_regex, require_int
 from .version import __version__
 
 
@@ -71,23 +72,33 @@ class ClusterConfig(PushToHubMixin):
             raise ValueError(f"loss_weight must be a number, got {self.loss_weight!r}.")
         if not math.isfinite(self.loss_weight) or self.loss_weight < 0:
             raise ValueError(f"loss_weight must be finite and >= 0, got {self.loss_weight!r} (the paper uses 20-40).")
-        if self.init not in INITS:
+        if not isinstance(self.init, str) or self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
         for name in ("cluster_step", "recluster_every", "seed"):
             require_int(name, getattr(self, name), 0)
-        if not isinstance(self.balance, (int, float)) or not 0.0 <= self.balance < 1.0:
+        if isinstance(self.balance, bool) or not isinstance(self.balance, (int, float)) or not 0 <= self.balance < 1:
             raise ValueError(f"balance must be in [0, 1), got {self.balance!r}; 0 forces equal cluster sizes.")
-        if self.targets is not None and not isinstance(self.targets, str):
-            targets = list(self.targets)
+        if not isinstance(self.coupled, bool):
+            raise ValueError(f"coupled must be true or false, got {self.coupled!r}.")
+        for name in ("model_type", "base_model_name_or_path", "hf_clusterable_version"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and (value is not None or name == "hf_clusterable_version"):
+                raise ValueError(f"{name} must be a string, got {value!r}.")
+        if isinstance(self.targets, str):
+            compile_regex("targets", self.targets)
+        elif self.targets is not None:
+            targets = list(self.targets) if isinstance(self.targets, (list, tuple)) else None
             if not targets or not all(isinstance(t, str) and t for t in targets):
-                raise ValueError(f"targets must be a regex string or a non-empty list of names, got {self.targets!r}.")
+                raise ValueError(
+                    f"targets must be a regex string or a non-empty list of module names, got {self.targets!r}."
+                )
             self.targets = targets
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Write `cluster_config.json` atomically. Extra kwargs (from `push_to_hub`) are accepted and ignored."""
@@ -96,9 +107,11 @@ class ClusterConfig(PushToHubMixin):
         atomic_write(Path(save_directory, CONFIG_NAME), self.to_json_string())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClusterConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> ClusterConfig:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a cluster config must be a JSON object (a mapping), got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown:
             warnings.warn(
                 f"Ignoring unknown keys {unknown} in {CONFIG_NAME}; it was probably written by a newer "

@@ -1,7 +1,10 @@
+import dataclasses
 import json
 import warnings
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hf_clusterable import ClusterConfig, __version__
 from hf_clusterable.constants import CONFIG_NAME
@@ -85,3 +88,64 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / CONFIG_NAME).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(targets="(mlp"), r"targets '\(mlp' is not a valid regex"),
+        (dict(targets=5), "targets must be"),
+        (dict(targets=["mlp", 3]), "targets must be"),
+        (dict(coupled="no"), "coupled must be true or false"),
+        (dict(balance=float("nan")), "balance"),
+        (dict(balance=True), "balance"),
+        (dict(model_type=7), "model_type must be a string"),
+        (dict(hf_clusterable_version=None), "hf_clusterable_version must be a string"),
+    ],
+)
+def test_wrong_types_are_named(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ClusterConfig(**kwargs)
+
+
+def test_a_downloaded_config_with_a_malformed_regex_names_file_and_value(tmp_path):
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({"targets": "(.*"}))
+    with pytest.raises(ValueError, match=r"invalid cluster_config.json at .*: targets '\(\.\*' is not a valid regex"):
+        ClusterConfig.from_pretrained(tmp_path)
+
+
+def test_from_dict_needs_a_mapping():
+    with pytest.raises(TypeError, match="must be a JSON object"):
+        ClusterConfig.from_dict([("n_clusters", 3)])
+
+
+# ---- random bad input: a clear ValueError or TypeError, nothing else, never a hang --------------------------------
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+keys = st.sampled_from([f.name for f in dataclasses.fields(ClusterConfig)]) | st.text(max_size=8)
+
+
+@settings(max_examples=150, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(keys, values, max_size=6) | values)
+def test_from_dict_on_random_input_returns_a_config_or_a_clear_error(data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unknown keys warn, as designed
+        try:
+            config = ClusterConfig.from_dict(data)
+        except (ValueError, TypeError) as err:
+            assert str(err).strip(), "an error without a message"
+            return
+    assert isinstance(config.n_clusters, int) and config.n_clusters >= 2
+    assert isinstance(config.coupled, bool)
+    json.loads(config.to_json_string())  # anything accepted can be saved as strict JSON

@@ -9,6 +9,7 @@ columns; a down projection is stored the other way round and takes the transpose
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..constants import ROLE_OUT, TRANSFORMERS_MODELS_TO_CLUSTER_TARGETS
 from ..core.partition import check_n_clusters
+from ..utils.validation import compile_regex
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,32 @@ def _matrix_modules(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _matches(name: str, targets: list[str] | str) -> bool:
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
+# Time one targets regex may spend on all of a model's module names. A sane pattern needs microseconds per name; a
+# pattern with nested repeats such as (a|aa)+ backtracks exponentially, and a downloaded cluster_config.json must not
+# be able to hang measure, push or a resumed training run.
+REGEX_SECONDS = 2.0
+
+
+def matching_names(names: list[str], targets: list[str] | str, seconds: float | None = None) -> list[str]:
+    """The names `targets` selects: a list matches whole names or dotted suffixes, a string is a regex matched
+    against whole names within `seconds` in all (default `REGEX_SECONDS`; the `regex` engine, which also avoids most
+    exponential cases)."""
+    if not isinstance(targets, str):
+        return [n for n in names if any(n == t or n.endswith("." + t) for t in targets)]
+    pattern = compile_regex("targets", targets)
+    seconds = REGEX_SECONDS if seconds is None else seconds
+    deadline = time.monotonic() + seconds
+    matched = []
+    for name in names:
+        try:
+            if pattern.fullmatch(name, timeout=max(deadline - time.monotonic(), 1e-3)) is not None:
+                matched.append(name)
+        except TimeoutError:
+            raise ValueError(
+                f"targets regex {targets!r} took more than {seconds:g} s to match {len(names)} module names "
+                f"(stopped at {name!r}); simplify it: nested repeats such as (.*)* or (a|aa)+ backtrack exponentially."
+            ) from None
+    return matched
 
 
 def _candidates(names: list[str], limit: int = 25) -> str:
@@ -141,7 +165,7 @@ def find_targets(
                 f"or a regex. Candidate matrices: {_candidates(list(modules))}"
             )
         targets = default if isinstance(default, str) else list(roles)
-    matched = [name for name in modules if _matches(name, targets)]
+    matched = matching_names(list(modules), targets)
     if not matched:
         raise ValueError(
             f"targets {targets!r} match no module with a 2-D weight in {type(model).__name__}. "

@@ -92,3 +92,52 @@ def test_lora_effective_weight_and_gradient_reach_adapters():
     w.square().sum().backward()
     assert module.lora_A["default"].weight.grad is not None
     assert module.base_layer.weight.grad is None
+
+
+def finishes_within(seconds: float, fn, *args):
+    """Run `fn(*args)` in a forked process and re-raise its error here as a ValueError (or return None), failing
+    the test if it is still running after `seconds`. A hang in Python's `re` holds the GIL, so no thread or signal
+    could stop it; a process can be killed."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.SimpleQueue()
+
+    def call():
+        try:
+            fn(*args)
+            queue.put(None)
+        except BaseException as err:  # handed back to the test as its type name and message
+            queue.put((type(err).__name__, str(err)))
+
+    child = context.Process(target=call, daemon=True)
+    child.start()
+    child.join(seconds)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail(f"{fn.__name__} still running after {seconds} s")
+    outcome = queue.get() if not queue.empty() else ("died", f"exit code {child.exitcode}")
+    if outcome is not None:
+        kind, message = outcome
+        assert kind == "ValueError", f"{kind}: {message}"
+        raise ValueError(message)
+
+
+def test_nested_repeat_regex_from_a_downloaded_config_fails_fast():
+    # (.*.*)*X backtracks exponentially in Python's re on any name without an X
+    with pytest.raises(ValueError, match="match no module"):
+        finishes_within(20, find_targets, tiny_model("llama"), "(.*.*)*X")
+
+
+def test_regex_that_backtracks_on_every_name_runs_out_of_time(monkeypatch):
+    monkeypatch.setattr("hf_clusterable.modeling.targets.REGEX_SECONDS", 0.3)
+    model = tiny_model("llama")  # names like model.layers.0.self_attn.q_proj: (.|..)* has ~1.6^31 ways to split them
+    with pytest.raises(ValueError, match=r"took more than .* simplify it") as err:
+        finishes_within(30, find_targets, model, "(.|..)*[A-Z]")
+    assert "(.|..)*[A-Z]" in str(err.value)
+
+
+def test_malformed_regex_is_named():
+    with pytest.raises(ValueError, match=r"targets '\(mlp' is not a valid regex"):
+        find_targets(tiny_model("gpt2"), "(mlp")
