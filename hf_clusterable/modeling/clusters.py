@@ -101,41 +101,108 @@ def save_clusters(save_directory: str | os.PathLike, partitions: dict[str, Parti
     atomic_write(Path(save_directory, CLUSTERS_NAME), save(tensors, metadata=metadata))
 
 
-def load_clusters(path_or_repo: str | os.PathLike, subfolder: str | None = None, **hub_kwargs) -> dict[str, Partition]:
-    """Read `clusters.safetensors` from a folder, a file path, or a Hub repo."""
+# Label tensors as the safetensors header names their dtypes: integers only (a float label would be truncated).
+INTEGER_DTYPES = frozenset({"I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64"})
+# More labels than any matrix side of any model has: a longer vector is refused from the header, before it is read.
+MAX_LABELS = 2**24
+SIDES = ("row_labels", "col_labels")
+
+
+def load_clusters(
+    path_or_repo: str | os.PathLike,
+    subfolder: str | None = None,
+    *,
+    n_clusters: int | None = None,
+    targets: list[Target] | None = None,
+    **hub_kwargs,
+) -> dict[str, Partition]:
+    """Read `clusters.safetensors` from a folder, a file path, or a Hub repo.
+
+    The tensors are the format: `<module>.row_labels` and `<module>.col_labels`, 1-D and of an integer dtype, as
+    `save_clusters` or any tool's `safetensors.torch.save_file` writes them. k is the file's `n_clusters` metadata
+    when it has one, else `n_clusters`, else that of the `cluster_config.json` beside it, else the largest label + 1.
+    With `targets` (the model's target matrices) the names and shapes are checked against them from the file's
+    header, before any tensor is read.
+    """
     if os.path.isfile(path_or_repo):
         path = str(path_or_repo)
     else:
         path = resolve_file(path_or_repo, CLUSTERS_NAME, subfolder, **hub_kwargs)
     try:
         with safe_open(path, framework="pt") as f:
-            n_clusters = int((f.metadata() or {})["n_clusters"])
+            metadata = f.metadata() or {}
+            shapes = label_shapes(path, {key: f.get_slice(key) for key in f.keys()})
+            if targets is not None:
+                check_clusters(shapes, targets, None)  # names and shapes, before any tensor is read
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (OSError, SafetensorError, KeyError, ValueError) as err:
+    except (OSError, SafetensorError) as err:
         raise ValueError(
             f"could not read {path}: {err}; re-save it with save_clusters or re-cluster the model."
         ) from err
-    names = sorted({key.rsplit(".", 1)[0] for key in tensors})
+    if "n_clusters" in metadata:
+        try:
+            n_clusters = int(metadata["n_clusters"])
+        except ValueError:
+            raise ValueError(f"{path}: metadata n_clusters {metadata['n_clusters']!r} is not an integer.") from None
+    elif n_clusters is None:
+        n_clusters = saved_n_clusters(path_or_repo, subfolder, hub_kwargs)
+    if n_clusters is None:
+        n_clusters = max(int(t.max()) for t in tensors.values()) + 1
     partitions = {}
-    for name in names:
+    for name in shapes:
         try:
             partitions[name] = Partition(tensors[f"{name}.row_labels"], tensors[f"{name}.col_labels"], n_clusters)
-        except KeyError as err:
-            raise ValueError(f"{path} lacks {err.args[0]}; the file is incomplete, re-cluster the model.") from err
+        except ValueError as err:
+            raise ValueError(f"{path}: {name}: {err}") from err
     return partitions
 
 
-def check_clusters(partitions: dict[str, Partition], targets: list[Target], n_clusters: int) -> None:
-    """Raise one clear error if saved partitions do not fit the model's target matrices."""
+def label_shapes(path: str, slices: Mapping) -> dict[str, tuple[int, int]]:
+    """(rows, columns) of every module in a clusters file, from the header (`slices`: key -> safetensors slice);
+    refuses foreign keys, unpaired sides, non-integer dtypes and label vectors that are not 1-D or too long."""
+    if not slices:
+        raise ValueError(f"{path} holds no clusters; re-cluster the model.")
+    lengths: dict[str, dict[str, int]] = {}
+    for key, tensor in slices.items():
+        name, _, side = key.rpartition(".")
+        if side not in SIDES or not name:
+            raise ValueError(f"{path} holds {key!r}; a clusters file holds only <module>.row_labels and .col_labels.")
+        dtype, shape = tensor.get_dtype(), tuple(tensor.get_shape())
+        if dtype not in INTEGER_DTYPES:
+            raise ValueError(f"{path}: {key} has dtype {dtype}; cluster labels must be integers.")
+        if len(shape) != 1 or shape[0] == 0:
+            raise ValueError(f"{path}: {key} has shape {list(shape)}; labels must be a non-empty 1-D vector.")
+        if shape[0] > MAX_LABELS:
+            raise ValueError(f"{path}: {key} has {shape[0]} entries, more labels than any matrix side ({MAX_LABELS}).")
+        lengths.setdefault(name, {})[side] = shape[0]
+    for name, sides in lengths.items():
+        for side in SIDES:
+            if side not in sides:
+                raise ValueError(f"{path} lacks {name}.{side}; the file is incomplete, re-cluster the model.")
+    return {name: (sides["row_labels"], sides["col_labels"]) for name, sides in sorted(lengths.items())}
+
+
+def saved_n_clusters(path_or_repo: str | os.PathLike, subfolder: str | None, hub_kwargs: dict) -> int | None:
+    """k of the `cluster_config.json` saved beside a clusters file (or in its folder or repo), None without one."""
+    source, sub = (Path(path_or_repo).parent, None) if os.path.isfile(path_or_repo) else (path_or_repo, subfolder)
+    try:
+        return ClusterConfig.from_pretrained(source, subfolder=sub, **hub_kwargs).n_clusters
+    except FileNotFoundError:
+        return None
+
+
+def check_clusters(
+    partitions: Mapping[str, Partition | tuple[int, int]], targets: list[Target], n_clusters: int | None
+) -> None:
+    """Raise one clear error if saved partitions (or their shapes) do not fit the model's target matrices, or their k
+    is not `n_clusters` (None: not checked)."""
+    shapes = {n: p if isinstance(p, tuple) else p.shape for n, p in partitions.items()}
     wanted = {t.name: t.shape for t in targets}
-    missing = sorted(set(wanted) - set(partitions))
-    extra = sorted(set(partitions) - set(wanted))
-    wrong = [
-        f"{n} saved {partitions[n].shape} vs model {wanted[n]}"
-        for n in wanted
-        if n in partitions and partitions[n].shape != wanted[n]
-    ]
-    k_wrong = sorted({p.n_clusters for p in partitions.values()} - {n_clusters})
+    missing = sorted(set(wanted) - set(shapes))
+    extra = sorted(set(shapes) - set(wanted))
+    wrong = [f"{n} saved {shapes[n]} vs model {wanted[n]}" for n in wanted if n in shapes and shapes[n] != wanted[n]]
+    ks = {p.n_clusters for p in partitions.values() if isinstance(p, Partition)}
+    k_wrong = sorted(ks - {n_clusters}) if n_clusters is not None else []
     problems = []
     if missing:
         problems.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")

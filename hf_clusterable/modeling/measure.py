@@ -93,12 +93,24 @@ class ClusterReport:
 def score_weights(
     weights: Mapping[str, torch.Tensor], targets: list[Target], partitions: Mapping[str, Partition]
 ) -> list[MatrixScore]:
-    """Scores of the given `(out, in)` weights, one row per target."""
+    """Scores of the given `(out, in)` weights, one row per target; a matrix holding NaN or Inf is named."""
     rows = []
     for t in targets:
-        p = partitions[t.name]
-        rows.append(MatrixScore(t.name, t.shape, float(clusterability(weights[t.name], p)), baseline(p)))
+        p, weight = partitions[t.name], weights[t.name]
+        check_finite(t.name, weight)
+        rows.append(MatrixScore(t.name, t.shape, float(clusterability(weight, p)), baseline(p)))
     return rows
+
+
+def check_finite(name: str, weight: torch.Tensor) -> None:
+    """Raise one line naming the matrix when `weight` holds NaN or Inf (one pass, no copy: min and max propagate
+    NaN), since its score would be NaN or meaningless."""
+    low, high = torch.aminmax(weight.detach())
+    if not (torch.isfinite(low) and torch.isfinite(high)):
+        raise ValueError(
+            f"{name} has NaN or Inf weights; the model diverged or its file is damaged: fix or reload the weights "
+            "before measuring them."
+        )
 
 
 def gather_weights(model: nn.Module, targets: list[Target]) -> dict[str, torch.Tensor]:
@@ -114,24 +126,27 @@ def score_matrices(model: nn.Module, targets: list[Target], partitions: dict[str
 
 def resolve_clusters(
     model: nn.Module,
-    config_or_checkpoint: ClusterConfig | str | os.PathLike | None = None,
+    config_or_checkpoint: ClusterConfig | str | os.PathLike | Mapping[str, Partition] | None = None,
     *,
     progress: bool = False,
     weights: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[ClusterConfig, list[Target], dict[str, Partition]]:
-    """Config, targets and partitions for `model`: saved ones from a checkpoint folder/repo, else computed (from
-    `weights` when given, e.g. read from disk, else from the model's own)."""
-    saved = None
+    """Config, targets and partitions for `model`: given ones (a dict of `Partition`), saved ones from a checkpoint
+    folder/repo, else computed (from `weights` when given, e.g. read from disk, else from the model's own)."""
+    if isinstance(config_or_checkpoint, Mapping):
+        return given_partitions(model, config_or_checkpoint)
+    checkpoint = None
     if config_or_checkpoint is None:
         config = ClusterConfig()
     elif isinstance(config_or_checkpoint, ClusterConfig):
         config = config_or_checkpoint
+    elif isinstance(config_or_checkpoint, (str, os.PathLike)):
+        config, checkpoint = ClusterConfig.from_pretrained(config_or_checkpoint), config_or_checkpoint
     else:
-        config = ClusterConfig.from_pretrained(config_or_checkpoint)
-        try:
-            saved = load_clusters(config_or_checkpoint)
-        except FileNotFoundError:
-            saved = None  # a config without clusters: compute them as the config says
+        raise TypeError(
+            "clusters must be a ClusterConfig, a checkpoint folder or Hub id, or a dict of Partition by module name; "
+            f"got {type(config_or_checkpoint).__name__}."
+        )
     model_type = getattr(getattr(base_model(model), "config", None), "model_type", None)
     if config.model_type is not None and model_type is not None and config.model_type != model_type:
         raise ValueError(
@@ -139,15 +154,42 @@ def resolve_clusters(
             "load the matching model or pass a new ClusterConfig."
         )
     targets = find_targets(model, config.targets, coupled=config.coupled, n_clusters=config.n_clusters)
-    if saved is not None:
-        check_clusters(saved, targets, config.n_clusters)
-        return config, targets, saved
+    if checkpoint is not None:
+        try:
+            saved = load_clusters(checkpoint, n_clusters=config.n_clusters, targets=targets)
+        except FileNotFoundError:
+            saved = None  # a config without clusters: compute them as the config says
+        if saved is not None:
+            check_clusters(saved, targets, config.n_clusters)
+            return config, targets, saved
     return config, targets, cluster_model(model, config, targets, progress=progress, weights=weights)
+
+
+def given_partitions(
+    model: nn.Module, partitions: Mapping[str, Partition]
+) -> tuple[ClusterConfig, list[Target], dict[str, Partition]]:
+    """Config, targets and partitions for partitions made by hand: a dict of `Partition` by module name, checked
+    against the model (the matrices exist, the shapes fit, one k)."""
+    partitions = dict(partitions)
+    if not partitions:
+        raise ValueError("no partitions given; pass {module name: Partition} for the matrices to measure.")
+    for name, p in partitions.items():
+        if not isinstance(p, Partition):
+            raise TypeError(
+                f"partitions must map module names to Partition objects; {name!r} maps to {type(p).__name__}."
+            )
+    ks = sorted({p.n_clusters for p in partitions.values()})
+    if len(ks) != 1:
+        raise ValueError(f"the partitions must share one n_clusters, got {ks}.")
+    config = ClusterConfig(n_clusters=ks[0], targets=list(partitions))
+    targets = find_targets(model, config.targets, coupled=True, n_clusters=config.n_clusters)
+    check_clusters(partitions, targets, config.n_clusters)
+    return config, targets, partitions
 
 
 def measure(
     model: nn.Module | DiskWeights | str | os.PathLike,
-    config_or_checkpoint: ClusterConfig | str | os.PathLike | None = None,
+    config_or_checkpoint: ClusterConfig | str | os.PathLike | Mapping[str, Partition] | None = None,
     *,
     progress: bool = False,
 ) -> ClusterReport:
@@ -155,13 +197,19 @@ def measure(
 
     `config_or_checkpoint` is a `ClusterConfig` (clusters are computed as it says), a folder or Hub repo holding
     `cluster_config.json` (its saved `clusters.safetensors` are used when present), or `None` for the defaults
-    (k = 4, spectral co-clustering of the model type's MLP matrices).
+    (k = 4, spectral co-clustering of the model type's MLP matrices), or partitions made by hand: a dict of
+    `Partition` by module name (every matrix named is scored, with one k).
 
     `model` may also be a local folder of safetensors weights (or its `DiskWeights`): the model is then never
     loaded, each matrix is read from disk when it is clustered or scored, and the report is the one the loaded
     model gives. Any other name (a Hub id, a folder of other weights) is loaded with `load_model`.
     """
     source = open_model(model) if isinstance(model, (str, os.PathLike)) else model
+    if not isinstance(source, (nn.Module, DiskWeights)):
+        raise TypeError(
+            "measure needs a torch.nn.Module (e.g. AutoModelForCausalLM.from_pretrained(...)) or a model folder, "
+            f"got {'None' if model is None else type(model).__name__}."
+        )
     model, weights = (source.model, source) if isinstance(source, DiskWeights) else (source, None)
     config, targets, partitions = resolve_clusters(model, config_or_checkpoint, progress=progress, weights=weights)
     scored = tqdm(targets, desc="scoring", disable=not progress, unit="matrix")

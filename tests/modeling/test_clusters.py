@@ -70,3 +70,109 @@ def test_group_affinity_in_blocks_is_the_whole_matrix_formula():
     bf16 = {name: w.to(torch.bfloat16) for name, w in weights.items()}
     fp32 = {name: w.float() for name, w in bf16.items()}
     assert torch.equal(group_affinity(bf16, members, block_elements=100), group_affinity(fp32, members, 100))
+
+
+# ---- clusters.safetensors written by other tools ------------------------------------------------------------------
+
+
+def plain_clusters(folder, partitions, dtype=torch.int64):
+    """`clusters.safetensors` as any other tool writes it: plain `save_file`, no metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, p in partitions.items():
+        tensors[f"{name}.row_labels"] = p.row_labels.to(dtype).clone()
+        tensors[f"{name}.col_labels"] = p.col_labels.to(dtype).clone()
+    save_file(tensors, str(folder / CLUSTERS_NAME))
+
+
+def test_a_file_without_metadata_takes_k_from_the_config_next_to_it(tmp_path):
+    # labels use clusters 0..2 only, so the labels alone would say k = 3; the config says 4
+    parts = {"a": Partition(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2]), 4)}
+    plain_clusters(tmp_path, parts, torch.int32)
+    ClusterConfig(n_clusters=4).save_pretrained(tmp_path)
+    loaded = load_clusters(tmp_path)
+    assert loaded["a"] == parts["a"] and loaded["a"].row_labels.dtype == torch.long
+
+
+def test_a_file_without_metadata_or_config_takes_k_from_the_labels(tmp_path):
+    plain_clusters(tmp_path, {"a": Partition(torch.tensor([0, 1, 2]), torch.tensor([2, 1, 0, 0]), 3)}, torch.uint8)
+    assert load_clusters(tmp_path)["a"].n_clusters == 3
+    assert load_clusters(tmp_path / CLUSTERS_NAME, n_clusters=5)["a"].n_clusters == 5
+
+
+def test_measure_reads_a_plain_file(tmp_path):
+    from hf_clusterable import measure
+
+    model = tiny_model("gpt2")
+    config = ClusterConfig(init="blocks", n_clusters=3)
+    expected = measure(model, config)
+    config.save_pretrained(tmp_path)
+    plain_clusters(tmp_path, expected.partitions)
+    report = measure(model, tmp_path)
+    assert report.partitions == expected.partitions and report.mean == pytest.approx(expected.mean)
+
+
+@pytest.mark.parametrize(
+    "tensors,message",
+    [
+        ({"a.row_labels": torch.tensor([0.0, 1.7]), "a.col_labels": torch.tensor([0, 1])}, "integer"),
+        ({"a.row_labels": torch.tensor([True, False]), "a.col_labels": torch.tensor([0, 1])}, "integer"),
+        ({"a.row_labels": torch.zeros(2, 2, dtype=torch.long), "a.col_labels": torch.tensor([0, 1])}, "1-D"),
+        ({"a.row_labels": torch.zeros(0, dtype=torch.long), "a.col_labels": torch.tensor([0, 1])}, "1-D"),
+        ({"a.row_labels": torch.tensor([0, 1])}, "lacks a.col_labels"),
+        ({"a.row_labels": torch.tensor([0, 1]), "a.col_labels": torch.tensor([0, 1]), "x": torch.tensor([1])}, "'x'"),
+        ({}, "holds no"),
+    ],
+)
+def test_malformed_label_tensors_are_refused(tmp_path, tensors, message):
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(tmp_path / CLUSTERS_NAME), metadata={"n_clusters": "2"})
+    with pytest.raises(ValueError, match=message) as err:
+        load_clusters(tmp_path)
+    assert str(tmp_path / CLUSTERS_NAME) in str(err.value)
+
+
+def test_label_shapes_are_checked_from_the_header_before_any_tensor_is_read(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    model = tiny_model("gpt2")
+    targets = find_targets(model)
+    big = {f"{t.name}.{side}": torch.zeros(2_000_000, dtype=torch.int8) for t in targets for side in ("row", "col")}
+    save_file({f"{k}_labels": v for k, v in big.items()}, str(tmp_path / CLUSTERS_NAME))
+
+    import safetensors
+
+    real = safetensors.safe_open
+
+    class NoReads:
+        def __init__(self, *args, **kwargs):
+            self.file = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def __getattr__(self, name):
+            if name == "get_tensor":
+                pytest.fail("a tensor was read before its shape was checked")
+            return getattr(self.file, name)
+
+    monkeypatch.setattr("hf_clusterable.modeling.clusters.safe_open", NoReads)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_clusters(tmp_path, n_clusters=4, targets=targets)
+
+
+def test_oversized_labels_are_refused_from_the_header(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(
+        {"a.row_labels": torch.zeros(2**24 + 1, dtype=torch.int8), "a.col_labels": torch.tensor([0, 1])},
+        str(tmp_path / CLUSTERS_NAME),
+    )
+    with pytest.raises(ValueError, match="more labels than"):
+        load_clusters(tmp_path, n_clusters=2)

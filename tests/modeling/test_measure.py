@@ -62,3 +62,65 @@ def test_saved_partitions_that_do_not_fit_are_caught(tmp_path):
     save_clusters(tmp_path, measure(tiny_model("gpt2"), ClusterConfig(init="blocks")).partitions)
     with pytest.raises(ValueError, match="does not match this model"):
         measure(tiny_model("gpt2", n_inner=64), tmp_path)
+
+
+@pytest.mark.parametrize("model", [None, 3, torch.zeros(3, 3)])
+def test_something_that_is_not_a_model_is_named(model):
+    with pytest.raises(TypeError, match="measure needs a torch.nn.Module"):
+        measure(model)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("saved", [False, True])
+def test_non_finite_weights_name_the_matrix(tmp_path, bad, saved):
+    model = tiny_model("gpt2")
+    config = ClusterConfig(init="blocks")
+    if saved:
+        config.save_pretrained(tmp_path)
+        save_clusters(tmp_path, measure(model, config).partitions)
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_proj.weight[3, 2] = bad
+    with pytest.raises(ValueError, match=r"transformer\.h\.1\.mlp\.c_proj has NaN or Inf weights"):
+        measure(model, tmp_path if saved else config)
+
+
+def test_a_dict_of_partitions_is_measured_as_given():
+    model = tiny_model("gpt2")
+    mine = {
+        "transformer.h.0.mlp.c_fc": Partition(torch.arange(96) % 3, torch.arange(32) % 3, 3),
+        "transformer.h.1.attn.c_attn": Partition.blocks(96, 32, 3),
+    }
+    report = measure(model, mine)
+    assert report.n_clusters == 3 and [r.name for r in report.rows] == list(mine)
+    assert report.partitions == mine
+    modules = dict(model.named_modules())
+    direct = float(clusterability(get_weight(modules["transformer.h.0.mlp.c_fc"]), mine["transformer.h.0.mlp.c_fc"]))
+    assert report.rows[0].score == pytest.approx(direct)
+
+
+@pytest.mark.parametrize(
+    "partitions,error,match",
+    [
+        ({}, ValueError, "no partitions"),
+        ({"transformer.h.0.mlp.c_fc": "blocks"}, TypeError, "Partition"),
+        ({"transformer.h.0.mlp.c_fc": Partition.blocks(32, 96, 3)}, ValueError, "shape mismatch"),
+        (
+            {
+                "transformer.h.0.mlp.c_fc": Partition.blocks(96, 32, 3),
+                "transformer.h.0.mlp.c_proj": Partition.blocks(32, 96, 2),
+            },
+            ValueError,
+            "one n_clusters",
+        ),
+    ],
+)
+def test_bad_partition_dicts_are_named(partitions, error, match):
+    with pytest.raises(error, match=match):
+        measure(tiny_model("gpt2"), partitions)
+
+
+def test_a_config_with_a_pathological_regex_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setattr("hf_clusterable.modeling.targets.REGEX_SECONDS", 0.3)
+    ClusterConfig(targets="(.|..)*[A-Z]").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="took more than"):
+        measure(tiny_model("llama"), tmp_path)
