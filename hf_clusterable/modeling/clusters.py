@@ -7,6 +7,7 @@ whose clusters no longer fit the model is caught before anything trains on it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +46,8 @@ def group_affinity(
         step = max(1, block_elements // weight.shape[1 - dim])
         spans = [(i, min(step, weight.shape[dim] - i)) for i in range(0, weight.shape[dim], step)]
         mass = sum(float(weight.narrow(dim, i, n).float().abs().sum(dtype=torch.float64)) for i, n in spans)
+        if not math.isfinite(mass):  # a float64 sum of fp32 magnitudes overflows only through Inf or NaN
+            raise ValueError(f"{t.name} has NaN or Inf weights; fix or reload the weights before clustering them.")
         scale = max(mass / weight.numel(), torch.finfo(torch.float32).tiny)
         if total is None:
             total = torch.zeros(t.group_shape, dtype=torch.float32, device=weight.device)

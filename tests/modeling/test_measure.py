@@ -71,17 +71,17 @@ def test_something_that_is_not_a_model_is_named(model):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-@pytest.mark.parametrize("saved", [False, True])
-def test_non_finite_weights_name_the_matrix(tmp_path, bad, saved):
+@pytest.mark.parametrize("clusters", ["spectral", "blocks", "saved"])
+def test_non_finite_weights_name_the_matrix(tmp_path, bad, clusters):
     model = tiny_model("gpt2")
-    config = ClusterConfig(init="blocks")
-    if saved:
+    config = ClusterConfig(init="spectral" if clusters == "spectral" else "blocks")
+    if clusters == "saved":
         config.save_pretrained(tmp_path)
         save_clusters(tmp_path, measure(model, config).partitions)
     with torch.no_grad():
         model.transformer.h[1].mlp.c_proj.weight[3, 2] = bad
     with pytest.raises(ValueError, match=r"transformer\.h\.1\.mlp\.c_proj has NaN or Inf weights"):
-        measure(model, tmp_path if saved else config)
+        measure(model, tmp_path if clusters == "saved" else config)
 
 
 def test_a_dict_of_partitions_is_measured_as_given():
