@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import analyze, demo, extract, measure, push, train
+from .flags import cli_message
 
 
 COMMANDS = (demo, train, measure, push, analyze, extract)
@@ -42,8 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         library_log.setLevel(logging.INFO)
     try:
         return args.func(args)
-    except (ValueError, OSError, ImportError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = cli_message(message, getattr(args, "flags", {}))  # parameter names as the command's flags
         print(f"hf-clusterable: error: {message}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,13 @@ import sys
 from pathlib import Path
 
 from ..constants import CONFIG_NAME
+from .flags import parameter_flags
+
+
+# Library parameters named differently from this command's options (see `flags.py`); used when the clusters are
+# computed from the flags, not read from a saved cluster_config.json.
+CLUSTER_FLAGS = {"n_clusters": "-k/--clusters", "coupled=False": "--per-matrix", "seed": "--seed"}
+RECLUSTER_HINT = {"a ClusterConfig": "-k/--clusters, --targets or --init (which re-cluster)"}
 
 
 def register(subparsers) -> None:
@@ -24,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--plot", default=None, help="write block-reordered |W| heatmaps (PNG) here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=parameter_flags(p, RECLUSTER_HINT))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,12 +45,20 @@ def run(args: argparse.Namespace) -> int:
 
     json_path = check_output_file(args.json, "--json")
     plot_path = check_output_file(args.plot, "--plot")
+    if json_path is not None and plot_path is not None and json_path.absolute() == plot_path.absolute():
+        raise ValueError(f"--json and --plot both name {args.json}; give two files.")
+    if plot_path is not None:
+        require_matplotlib("--plot")
     if args.targets and args.target_regex:
         raise ValueError("use either --targets or --target-regex, not both.")
+    if args.gguf_file is not None and args.model is None:
+        raise ValueError("--gguf-file names a file inside MODEL; give MODEL too.")
     overrides = args.clusters is not None or args.targets or args.target_regex or args.per_matrix or args.init
     saved = args.model is not None and Path(args.model, CONFIG_NAME).is_file() and not overrides
     config = None
     if not saved:
+        targets_flag = "--target-regex" if args.target_regex else "--targets"
+        args.flags = {**args.flags, **CLUSTER_FLAGS, "targets": targets_flag}  # errors below name these flags
         config = ClusterConfig(
             n_clusters=args.clusters if args.clusters is not None else 4,
             targets=args.targets or args.target_regex or None,
@@ -72,3 +87,11 @@ def run(args: argparse.Namespace) -> int:
             plot_blocks(model, report.partitions, plot_path)
         print(f"wrote {plot_path}", file=sys.stderr)
     return 0
+
+
+def require_matplotlib(flag: str) -> None:
+    """Fail before any work when a plot is asked for but matplotlib (an optional dependency) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError(f"{flag} needs matplotlib: pip install 'hf-clusterable[plots]'.")

@@ -6,11 +6,12 @@ LM head when the architecture has one, the bare model otherwise, and GGUF weight
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..utils.hub import require_local_or_repo
+from ..utils.hub import looks_local, require_local_or_repo
 
 
 def dequantised(model: nn.Module) -> nn.Module:
@@ -34,12 +35,37 @@ def auto_class_for(config: Any) -> Any:
     return AutoModelForCausalLM if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else AutoModel
 
 
+def gguf_source(name: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """(folder or Hub id, GGUF file name) to load: a `.gguf` path is its folder and name, and a local folder without a
+    `config.json` uses its one `.gguf` file, so `measure DIR` needs no `gguf_file` when there is nothing to choose."""
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf" and gguf_file is None:
+        return str(path.parent), path.name
+    if not path.is_dir() or not looks_local(name):
+        return name, gguf_file
+    found = sorted(p.name for p in path.glob("*.gguf"))
+    if gguf_file is not None:
+        if not (path / gguf_file).is_file():
+            raise FileNotFoundError(
+                f"gguf_file {gguf_file}: no such file in {name}"
+                + (f" (it holds {', '.join(found)})." if found else ".")
+            )
+        return name, gguf_file
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return name, None
+    if len(found) == 1:
+        return name, found[0]
+    if found:
+        raise ValueError(f"{name} holds {len(found)} GGUF files ({', '.join(found[:4])}); pick one with gguf_file.")
+    raise ValueError(f"{name} is not a model folder: it has no config.json and no .gguf file.")
+
+
 def load_model(name: str, gguf_file: str | None = None, *, auto_class: Any = None, **kwargs: Any) -> nn.Module:
     """A model from a local folder or Hub id: `auto_class` if given, else the causal LM class when the architecture
     has one and `AutoModel` otherwise. `kwargs` go to `from_pretrained` (revision, dtype, config overrides...)."""
     from transformers import AutoConfig
 
-    name = require_local_or_repo(name, "model", "model folder")
+    name, gguf_file = gguf_source(require_local_or_repo(name, "model", "model folder"), gguf_file)
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if auto_class is None:

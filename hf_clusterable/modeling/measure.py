@@ -151,7 +151,7 @@ def resolve_clusters(
     if config.model_type is not None and model_type is not None and config.model_type != model_type:
         raise ValueError(
             f"the cluster config was written for model_type {config.model_type!r} but this model is {model_type!r}; "
-            "load the matching model or pass a new ClusterConfig."
+            "load the matching model or re-cluster by passing a ClusterConfig."
         )
     targets = find_targets(model, config.targets, coupled=config.coupled, n_clusters=config.n_clusters)
     if checkpoint is not None:
@@ -161,7 +161,7 @@ def resolve_clusters(
             saved = None  # a config without clusters: compute them as the config says
         if saved is not None:
             check_clusters(saved, targets, config.n_clusters)
-            return config, targets, saved
+            return config, targets, {t.name: saved[t.name] for t in targets}  # in model order, as computed ones
     return config, targets, cluster_model(model, config, targets, progress=progress, weights=weights)
 
 

@@ -161,8 +161,8 @@ def find_targets(
     if targets is None:
         if default is None:
             raise ValueError(
-                f"no default targets for model_type {model_type!r}; pass targets=[...] (module names or suffixes) "
-                f"or a regex. Candidate matrices: {_candidates(list(modules))}"
+                f"no default targets for model_type {model_type!r}; pass targets (module names or suffixes, or a "
+                f"regex). Candidate matrices: {_candidates(list(modules))}"
             )
         targets = default if isinstance(default, str) else list(roles)
     matched = matching_names(list(modules), targets)
