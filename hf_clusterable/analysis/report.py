@@ -26,6 +26,9 @@ from .clusters import ClusterParts
 
 TABLE_LIMIT = 20  # categories shown as table columns; more go to the plots and the JSON
 REPORT_TEMPLATE = "analysis_report.md"
+ANALYSIS_FOLDER = "analysis"  # where `hf-clusterable analyze` writes inside a checkpoint folder by default
+# Every file `AnalysisReport.save` writes (clusters.png only when each cluster was measured on its own).
+REPORT_FILES = ("report.md", "analysis.json", "damage.png", "circuits.png", "clusters.png", "blocks.png")
 
 
 def _fmt(value: float, digits: int = 3) -> str:

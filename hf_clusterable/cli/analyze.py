@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..analysis.report import ANALYSIS_FOLDER
 from ..analysis.tasks import TOKEN_CATEGORIES, Task
 from ..constants import ANALYSIS_TASKS, CLUSTERS_NAME, CONFIG_NAME, task_name
 from ..utils.hub import looks_local, resolve_file
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     local = Path(args.checkpoint).expanduser()
     check_clustered_checkpoint(args.checkpoint, "analyze")
-    default_out = local / "analysis" if local.is_dir() else Path(args.checkpoint.replace("/", "--") + "-analysis")
+    default_out = local / ANALYSIS_FOLDER if local.is_dir() else Path(args.checkpoint.replace("/", "--") + "-analysis")
     out = Path(args.output_dir) if args.output_dir else default_out
     check_writable_folder(out, "--output-dir")
     task, auto, tokenizer = load_task(args)

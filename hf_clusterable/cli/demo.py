@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from .flags import parameter_flags
+
+
+# run_demo's parameters that are ordinary words, and its one `name=value` hint (see flags.py)
+ALIASES = {"seed": "--seed", "threads": "--threads", "overwrite=True": "--overwrite"}
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,12 +25,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps", type=int, default=5000, help="optimizer steps per run (default: %(default)s)")
     p.add_argument("--no-reference", dest="reference", action="store_false", help="skip the lambda = 0 run")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=parameter_flags(p, ALIASES))
 
 
 def run(args: argparse.Namespace) -> int:
     from ..examples.demo import run_demo
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "func")}  # dests are run_demo's names
+    # the options' destinations are run_demo's parameter names
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "func", "flags")}
     run_demo(**options)
     return 0

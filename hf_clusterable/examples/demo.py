@@ -7,8 +7,11 @@ leaves; the clusterability loss delays grokking by a few hundred steps, hence 50
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,10 +20,13 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
+from ..analysis.report import ANALYSIS_FOLDER, REPORT_FILES
 from ..config import ClusterConfig
 from ..constants import HEATMAP_NAME
+from ..modeling.plot import panel_weights, render_blocks
 from ..training.trainer import ClusterableTrainer
 from ..utils.io import atomic_write, check_output_dir, json_text
+from ..utils.validation import require_int
 from .models import modular_addition_model
 from .modular_addition import answer_logits, modular_addition, modular_addition_accuracy, save_modular_addition_split
 
@@ -137,14 +143,12 @@ def run_demo(
     Returns what `demo_results.json` holds: metrics of both runs, the settings and the wall time.
     """
     settings = dict(locals())  # the arguments, as given: recorded in demo_results.json
-    if max_steps < 10:
-        raise ValueError(f"--max-steps must be >= 10, got {max_steps}.")
-    if seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {seed}.")
-    if threads is not None and threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}.")
+    require_int("max_steps", max_steps, 10)
+    require_int("seed", seed, 0)
+    if threads is not None:
+        require_int("threads", threads, 1)
     ClusterConfig(loss_weight=loss_weight)  # validates the weight
-    out = check_output_dir(output_dir, "--output-dir", overwrite=overwrite)
+    out = check_output_dir(output_dir, "output_dir", overwrite=overwrite, overwrite_flag="overwrite=True")
     if threads is not None:
         torch.set_num_threads(threads)
     transformers.logging.set_verbosity_error()  # the demo reports its own progress
@@ -159,10 +163,13 @@ def run_demo(
     start = time.perf_counter()
     run = dict(seed=seed, max_steps=max_steps)
     trainer, metrics = _train(str(out), f"lambda = {loss_weight:g}", loss_weight=loss_weight, **run)
-    reference_metrics = None
+    reference_model, reference_metrics = None, None
     if reference:
         with tempfile.TemporaryDirectory() as tmp:
-            _, reference_metrics = _train(tmp, "lambda = 0 (reference)", loss_weight=0.0, **run)
+            reference_trainer, reference_metrics = _train(tmp, "lambda = 0 (reference)", loss_weight=0.0, **run)
+            reference_model = reference_trainer.model
+    remove_previous_demo(out)  # only now: an interrupted run leaves the previous one whole
+    before = set(os.listdir(out)) if out.is_dir() else set()
     trainer.save_model()
     save_modular_addition_split(out, p=MODULUS, train_fraction=TRAIN_FRACTION, seed=seed)  # for `analyze`
     shown = ("eval_accuracy", "eval_loss")
@@ -172,6 +179,15 @@ def run_demo(
         metrics={k: v for k, v in metrics.items() if k in shown},
         reference_metrics={k: v for k, v in (reference_metrics or {}).items() if k in shown} or None,
     )
+    if reference_model is not None and (out / HEATMAP_NAME).is_file():  # the card drew one: add the reference
+        partitions = trainer.partitions
+        heatmap = render_blocks(
+            panel_weights(trainer.model, partitions),
+            partitions,
+            reference=panel_weights(reference_model, partitions),
+            labels=(f"lambda = {loss_weight:g}", "lambda = 0, reference"),
+        )
+        atomic_write(out / HEATMAP_NAME, heatmap)
     seconds = time.perf_counter() - start
     results = {
         "seconds": round(seconds, 1),
@@ -179,10 +195,30 @@ def run_demo(
         "args": settings,
         "metrics": dict(metrics),
         "reference_metrics": reference_metrics,
+        "files": sorted(set(os.listdir(out)) - before | {DEMO_RESULTS_NAME}),  # what --overwrite may remove
     }
     atomic_write(out / DEMO_RESULTS_NAME, json_text(results))
     print(_summary(out, seconds, loss_weight, metrics, reference_metrics), flush=True)
     return results
+
+
+def remove_previous_demo(out: Path) -> None:
+    """Remove what an earlier demo left in `out` (the files its `demo_results.json` lists) and the report
+    `hf-clusterable analyze` wrote about that model into `out/analysis`; nothing else."""
+    try:
+        files = json.loads((out / DEMO_RESULTS_NAME).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        files = []  # no earlier demo here, or none this version wrote
+    for name in files:
+        path = out / str(name)
+        if isinstance(name, str) and path.parent == out and path.is_file():  # plain names inside `out` only
+            path.unlink()
+    analysis = out / ANALYSIS_FOLDER
+    if analysis.is_dir():
+        for name in REPORT_FILES:
+            (analysis / name).unlink(missing_ok=True)
+        if not any(analysis.iterdir()):
+            analysis.rmdir()
 
 
 def _summary(out, seconds: float, loss_weight: float, metrics: dict, reference: dict | None) -> str:

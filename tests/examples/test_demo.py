@@ -1,15 +1,19 @@
 """`hf-clusterable demo`: the offline main job. A short run here; the full one (minutes) is marked slow."""
 
+import io
 import json
 
 import pytest
 from huggingface_hub import ModelCard
+from PIL import Image
+from transformers import AutoModelForCausalLM
 
 from hf_clusterable import ClusterConfig, load_clusters
 from hf_clusterable.cli.main import main
 from hf_clusterable.constants import CLUSTERS_NAME, CONFIG_NAME, HEATMAP_NAME
-from hf_clusterable.examples.demo import DEMO_RESULTS_NAME
+from hf_clusterable.examples.demo import DEMO_RESULTS_NAME, run_demo
 from hf_clusterable.examples.modular_addition import TASK_NAME, load_modular_addition_split
+from hf_clusterable.modeling.plot import panel_weights, render_blocks
 
 
 def test_short_demo_saves_everything_and_reports(tmp_path, capsys):
@@ -27,6 +31,10 @@ def test_short_demo_saves_everything_and_reports(tmp_path, capsys):
     card = ModelCard.load(out / "README.md")
     assert card.data.clusterability["mean"] == pytest.approx(ours["eval_clusterability"], abs=1e-3)
     assert HEATMAP_NAME in card.text and "without" in card.text.lower()
+    # the heatmap shows the lambda = 0 reference beside each clustered matrix: twice the panels of the model alone
+    model = AutoModelForCausalLM.from_pretrained(out)
+    alone = Image.open(io.BytesIO(render_blocks(panel_weights(model, load_clusters(out)), load_clusters(out))))
+    assert Image.open(out / HEATMAP_NAME).size[0] > 1.5 * alone.size[0]
 
 
 def test_demo_records_its_data_split_for_analyze(tmp_path):
@@ -46,18 +54,19 @@ def test_demo_refuses_a_non_empty_output_dir(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert main(["demo", "--output-dir", str(out), "--max-steps", "10", "--no-reference"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--output-dir {out} is not empty; pass --overwrite" in err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--loss-weight", "-1"], "loss_weight must be finite and >= 0"),
-        (["--loss-weight", "nan"], "loss_weight must be finite"),
-        (["--max-steps", "0"], "--max-steps must be >= 10"),
-        (["--seed", "-2"], "--seed must be >= 0"),
-        (["--threads", "0"], "--threads must be >= 1"),
+        (["--loss-weight", "-1"], "--loss-weight must be finite and >= 0"),
+        (["--loss-weight", "nan"], "--loss-weight must be finite"),
+        (["--max-steps", "0"], "--max-steps must be an integer >= 10, got 0"),
+        (["--seed", "-2"], "--seed must be an integer >= 0"),
+        (["--threads", "0"], "--threads must be an integer >= 1"),
     ],
 )
 def test_bad_demo_arguments_fail_before_anything_is_written(tmp_path, capsys, flags, message):
@@ -73,6 +82,32 @@ def test_demo_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
     target.write_text("x")
     assert main(["demo", "--output-dir", str(target)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_python_callers_see_parameter_names(tmp_path):
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 10"):
+        run_demo(str(tmp_path / "demo"), max_steps=5)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(ValueError, match="not empty; pass overwrite=True"):
+        run_demo(str(tmp_path / "full"))
+
+
+def test_overwrite_replaces_the_previous_demo_and_its_analysis_only(tmp_path):
+    out = tmp_path / "demo"
+    (out / "analysis").mkdir(parents=True)
+    for name in ("report.md", "analysis.json", "blocks.png"):  # what `analyze` wrote about the previous model
+        (out / "analysis" / name).write_text("old")
+    (out / "stale_only_the_old_demo_wrote.bin").write_text("old")
+    (out / "keep.txt").write_text("mine")  # the user's
+    (out / DEMO_RESULTS_NAME).write_text(json.dumps({"files": ["stale_only_the_old_demo_wrote.bin", "../keep.txt"]}))
+    assert main(["demo", "--output-dir", str(out), "--max-steps", "10", "--no-reference", "--overwrite"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert "analysis" not in names and "stale_only_the_old_demo_wrote.bin" not in names
+    assert (out / "keep.txt").read_text() == "mine"
+    recorded = json.loads((out / DEMO_RESULTS_NAME).read_text())["files"]
+    assert "keep.txt" not in recorded and {CLUSTERS_NAME, "model.safetensors", DEMO_RESULTS_NAME} <= set(recorded)
+    assert set(recorded) == names - {"keep.txt"}
 
 
 @pytest.mark.slow
