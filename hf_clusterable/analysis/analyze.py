@@ -20,7 +20,7 @@ from ..utils.validation import require_int
 from .ablation import cluster_ablation, cut_test, editable, evaluate_task
 from .circuits import circuit_sizes
 from .clusters import cluster_parts
-from .report import AnalysisReport
+from .report import AnalysisReport, majority_accuracy
 from .tasks import Task
 
 
@@ -72,6 +72,7 @@ def analyze(
     try:
         scores = score_matrices(plain, targets, partitions)
         full = evaluate_task(plain, task)
+        chance = majority_accuracy(plain, task)
         cut = cut_test(plain, task, targets, partitions)
         ablation = cluster_ablation(
             plain, task, targets, partitions, random_splits=random_splits, seed=seed, reference=full, progress=progress
@@ -104,4 +105,5 @@ def analyze(
         partitions,
         parts,
         parts_skipped,
+        chance,
     )

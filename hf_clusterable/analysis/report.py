@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.partition import Partition
@@ -22,6 +23,7 @@ from ..utils.stats import nanmean, nanstd
 from .ablation import Ablation, Evaluation
 from .circuits import Circuits
 from .clusters import ClusterParts
+from .tasks import Task, batch_to, model_device
 
 
 TABLE_LIMIT = 20  # categories shown as table columns; more go to the plots and the JSON
@@ -33,6 +35,22 @@ REPORT_FILES = ("report.md", "analysis.json", "damage.png", "circuits.png", "clu
 
 def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+@torch.no_grad()
+def majority_accuracy(model: nn.Module, task: Task) -> float:
+    """The accuracy of always answering the most frequent target of `task` (what "chance" means for it: 1/classes
+    for balanced classes, the majority share otherwise); the targets come from `task.predict`, as in evaluation."""
+    counts = torch.zeros(0, dtype=torch.long)
+    for batch in task.batches:
+        _, targets = task.predict(model, batch_to(batch, model_device(model)))
+        found = torch.bincount(targets.flatten().cpu())
+        size = max(counts.numel(), found.numel())
+        counts = F.pad(counts, (0, size - counts.numel())) + F.pad(found, (0, size - found.numel()))
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError("the task has no examples to score.")
+    return int(counts.max()) / total
 
 
 @dataclass
@@ -51,6 +69,27 @@ class AnalysisReport:
     partitions: dict[str, Partition] = field(repr=False, default_factory=dict)
     parts: ClusterParts | None = None  # each cluster on its own; None when not measured
     parts_skipped: str | None = None  # why not, when the clusters are not sub-MLPs
+    chance_accuracy: float | None = None  # accuracy of always answering the most frequent target (`majority_accuracy`)
+
+    @property
+    def at_chance(self) -> bool:
+        """True when the model does no better than always answering the most frequent held-out target: its accuracy
+        is within two standard errors of that constant answer's (binomial, over the held-out predictions). Cluster
+        damage, cut test and circuit sizes of such a model describe noise."""
+        if self.chance_accuracy is None:
+            return False
+        p, n = self.chance_accuracy, max(self.full.n_examples, 1)
+        return self.full.accuracy <= p + 2.0 * math.sqrt(p * (1.0 - p) / n)
+
+    def chance_warning(self) -> str | None:
+        """One line for the command line and the report when the model is at chance, else None."""
+        if not self.at_chance:
+            return None
+        return (
+            f"the model is at chance on this data (accuracy {self.full.accuracy:.4f}; always answering the most "
+            f"frequent target scores {self.chance_accuracy:.4f}), so its cut test, specialisation and circuit sizes "
+            "mean nothing; train it further or check the task and data."
+        )
 
     @property
     def cut_accuracy_drop(self) -> float:
@@ -66,11 +105,13 @@ class AnalysisReport:
         data["cut_loss_rise"] = self.cut_loss_rise
         data["ablation"]["random_mean"] = self.ablation.random_mean
         data["circuits"]["mean_fraction"] = self.circuits.mean_fraction
+        data["at_chance"] = self.at_chance
         return json_safe(data)
 
     def summary(self) -> str:
         return (
-            f"accuracy {self.full.accuracy:.4f}, cut test {self.cut.accuracy:.4f} "
+            ("AT CHANCE (these numbers mean nothing): " if self.at_chance else "")
+            + f"accuracy {self.full.accuracy:.4f}, cut test {self.cut.accuracy:.4f} "
             f"(loss {self.full.loss:.4f} -> {self.cut.loss:.4f}); specialisation {_fmt(self.ablation.specialisation)} "
             f"(random splits {_fmt(self.ablation.random_mean)}); circuit size {_fmt(self.circuits.task_fraction)} of "
             f"target weights for the task, {_fmt(self.circuits.mean_fraction)} per category"
@@ -99,6 +140,7 @@ class AnalysisReport:
             nanmean=nanmean,
             nanstd=nanstd,
             zip=zip,
+            chance_warning=self.chance_warning(),
             parts=self.parts.to_markdown(figures) if self.parts is not None else None,
         )
 

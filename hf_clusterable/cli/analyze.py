@@ -217,5 +217,7 @@ def run(args: argparse.Namespace) -> int:
     )
     written = report.save(out, model, title=local.name if local.is_dir() else args.checkpoint)
     print(report.summary())
+    if report.at_chance:
+        print(f"hf-clusterable: warning: {report.chance_warning()}", file=sys.stderr)
     print(f"wrote {written[0]} (+ {len(written) - 1} files)", file=sys.stderr)
     return 0
