@@ -13,17 +13,19 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from ..config import ClusterConfig
 from ..constants import TRAIN_TASKS
 from ..examples.offline import OFFLINE_GEMMA, OFFLINE_PYDOC
+from ..utils.validation import compile_regex
 
 
 # Keys that recipes written for transformers v4 / older TRL use, and what to write instead.
@@ -201,8 +203,18 @@ def build_parser() -> HfArgumentParser:
     return parser
 
 
-def read_recipe(path: str, known: set[str]) -> dict:
-    """The recipe's key -> value mapping, refusing unknown keys (with the v5 name for renamed ones)."""
+def recipe_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The option behind every key a recipe may set (for a boolean, the `--flag` rather than its `--no_flag`)."""
+    actions: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # argparse has no public accessor for a parser's options
+        if action.dest not in ("help", "config") and (action.dest not in actions or action.type is not None):
+            actions[action.dest] = action
+    return actions
+
+
+def read_recipe(path: str, actions: Mapping[str, argparse.Action]) -> dict:
+    """The recipe's key -> value mapping, refusing unknown keys (with the v5 name for renamed ones) and values the
+    option's type cannot take (with the file, the key and the value), before argparse sees them."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"--config {path}: no such recipe file.")
     try:
@@ -211,13 +223,72 @@ def read_recipe(path: str, known: set[str]) -> dict:
         raise ValueError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(recipe, dict):
         raise ValueError(f"--config {path} must be a mapping of flag names to values.")
-    unknown = sorted(set(recipe) - known)
+    unknown = sorted(set(recipe) - set(actions), key=str)
     if unknown:
         hints = "; ".join(f"{k} -> {_RENAMED_KEYS[k]}" for k in unknown if k in _RENAMED_KEYS)
         raise ValueError(
             f"unknown key(s) {unknown} in {path}" + (f" ({hints})" if hints else "") + "; see hf-clusterable train -h."
         )
-    return recipe
+    return {key: recipe_value(path, key, value, actions[key]) for key, value in recipe.items()}
+
+
+# Recipe keys holding a regex over module or parameter names, compiled when the recipe is read.
+_REGEX_KEYS = ("cluster_target_regex", "trainable_parameters")
+
+
+def recipe_value(path: str, key: str, value: Any, action: argparse.Action) -> Any:
+    """`value` as the default of `action`, after checking it is what the option's type takes, as a string argparse
+    will convert or as the YAML value itself. A single name for a list option becomes a one-element list."""
+    accepts, what = _option_type(action)
+    if value is None:
+        if action.default is not None and (action.choices or action.type in (int, float, string_to_bool)):
+            raise ValueError(f"--config {path}: {key} must be {what}, got null; leave it out for {action.default!r}.")
+        return value  # the dataclass decides
+    if key in _REGEX_KEYS:
+        try:
+            compile_regex(key, value)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"--config {path}: {err}") from None
+    many = action.nargs in ("+", "*")
+    if many and isinstance(value, str):
+        value = [value]
+    items = value if many and isinstance(value, list) else [value]
+    if (many and not isinstance(value, list)) or not all(accepts(item) for item in items):
+        hint = " (YAML reads yes/no/on/off as true/false: quote it)" if isinstance(value, bool) else ""
+        raise ValueError(f"--config {path}: {key} must be {'a list of ' if many else ''}{what}, got {value!r}{hint}.")
+    return value
+
+
+def _converts(convert: Callable[[str], Any], text: str) -> bool:
+    try:
+        convert(text)
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        return False
+    return True
+
+
+def _option_type(action: argparse.Action) -> tuple[Callable[[Any], bool], str]:
+    """(does the option take this recipe value?, what it takes in words), from its argparse type and choices."""
+    if action.choices:
+        return lambda v: isinstance(v, str) and v in action.choices, f"one of {', '.join(map(str, action.choices))}"
+    if action.type is string_to_bool:
+        return lambda v: isinstance(v, bool) or (isinstance(v, str) and _converts(string_to_bool, v)), "true or false"
+    if action.type is int:
+        return (
+            lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and _converts(int, v)),
+            "an integer",
+        )
+    if action.type is float:
+        return (
+            lambda v: (
+                (isinstance(v, (int, float)) and not isinstance(v, bool))
+                or (isinstance(v, str) and _converts(float, v))
+            ),
+            "a number",
+        )
+    if action.type is str:  # some string options also take a mapping or a list (lr_scheduler_kwargs, report_to)
+        return lambda v: isinstance(v, (str, dict, list)), "a string"
+    return lambda v: True, ""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ArgumentGroups:
@@ -234,7 +305,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ArgumentGroups:
     pre.add_argument("--config", default=None)
     config_path = pre.parse_known_args(argv)[0].config
     if config_path is not None:
-        known = {action.dest for action in parser._actions} - {"help", "config"}
-        parser.set_defaults(**read_recipe(config_path, known))
+        parser.set_defaults(**read_recipe(config_path, recipe_actions(parser)))
     *groups, _ = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
     return tuple(groups)
