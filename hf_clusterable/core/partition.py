@@ -28,6 +28,17 @@ def _contiguous_labels(n: int, k: int) -> torch.Tensor:
     return torch.arange(n, dtype=torch.long).mul_(k).div_(n, rounding_mode="floor")
 
 
+def _as_labels(side: str, labels: object) -> torch.Tensor:
+    """Labels as a long tensor; floats (a cast would truncate them silently), bools and non-numbers are refused."""
+    try:
+        tensor = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise TypeError(f"{side} must be integer cluster labels, got {type(labels).__name__} ({err}).") from None
+    if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
+        raise TypeError(f"{side} must be integer cluster labels, got dtype {tensor.dtype}.")
+    return tensor.long()
+
+
 @dataclass(eq=False)
 class Partition:
     """Cluster labels for the rows (output neurons) and columns (input neurons) of one `(out, in)` matrix."""
@@ -37,8 +48,8 @@ class Partition:
     n_clusters: int
 
     def __post_init__(self) -> None:
-        self.row_labels = torch.as_tensor(self.row_labels, dtype=torch.long)
-        self.col_labels = torch.as_tensor(self.col_labels, dtype=torch.long)
+        self.row_labels = _as_labels("row_labels", self.row_labels)
+        self.col_labels = _as_labels("col_labels", self.col_labels)
         check_n_clusters(self.n_clusters, (max(self.n_clusters, 2), max(self.n_clusters, 2)))
         for side, labels in (("row_labels", self.row_labels), ("col_labels", self.col_labels)):
             if labels.ndim != 1 or labels.numel() == 0:

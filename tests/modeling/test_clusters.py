@@ -1,3 +1,6 @@
+import json
+import math
+
 import pytest
 import torch
 
@@ -176,3 +179,64 @@ def test_oversized_labels_are_refused_from_the_header(tmp_path):
     )
     with pytest.raises(ValueError, match="more labels than"):
         load_clusters(tmp_path, n_clusters=2)
+
+
+# ---- random files: partitions or a clear ValueError / TypeError, never another exception, never a hang -------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+DTYPES = [torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32, torch.uint64,
+          torch.float32, torch.float16, torch.bool]  # fmt: skip
+tensor = st.builds(
+    lambda shape, dtype, values: torch.tensor(values, dtype=torch.long).reshape(-1)[: math.prod(shape)]
+    .resize_(shape).to(dtype).clone(),
+    st.lists(st.integers(min_value=0, max_value=4), min_size=0, max_size=2).map(tuple),
+    st.sampled_from(DTYPES),
+    st.lists(st.integers(min_value=-3, max_value=9), min_size=16, max_size=16),
+)  # fmt: skip
+key = st.one_of(
+    st.builds(
+        lambda n, side: f"{n}.{side}", st.sampled_from(["a", "b.c", ""]), st.sampled_from(["row_labels", "col_labels"])
+    ),
+    st.text(min_size=1, max_size=6),
+)
+metadata = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.sampled_from(["n_clusters", "format", "x"]),
+        st.one_of(st.text(max_size=4), st.integers(-2, 9).map(str)),
+        max_size=2,
+    ),
+)
+config = st.one_of(
+    st.none(),
+    st.text(max_size=20),
+    st.builds(lambda k: json.dumps({"n_clusters": k}), st.integers(-1, 6) | st.text(max_size=2)),
+)
+
+
+@settings(
+    max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(st.dictionaries(key, tensor, max_size=4), metadata, config, st.binary(max_size=64), st.booleans())
+def test_random_cluster_files_load_or_fail_clearly(tmp_path, tensors, meta, config_text, garbage, use_garbage):
+    from safetensors.torch import save_file
+
+    for path in tmp_path.iterdir():
+        path.unlink()
+    target = tmp_path / CLUSTERS_NAME
+    if use_garbage:
+        target.write_bytes(garbage)
+    else:
+        save_file(tensors, str(target), metadata=meta)
+    if config_text is not None:
+        (tmp_path / "cluster_config.json").write_text(config_text)
+    try:
+        partitions = load_clusters(tmp_path)
+    except (ValueError, TypeError) as err:
+        assert str(err).strip(), "an error without a message"
+        return
+    for p in partitions.values():
+        assert isinstance(p, Partition) and p.row_labels.dtype == torch.long
