@@ -45,3 +45,13 @@ def test_cli_warns_in_its_output_and_in_the_report(tmp_path, capsys):
     assert captured.out.startswith("AT CHANCE")
     assert "at chance" in (checkpoint / "analysis" / "report.md").read_text()
     assert json.loads((checkpoint / "analysis" / "analysis.json").read_text())["at_chance"] is True
+
+
+def test_partitions_made_by_hand_are_analysed_as_given():
+    from hf_clusterable import Partition
+
+    model = planted_model()
+    mine = {"hidden.0": Partition.blocks(8, 4, 4), "classifier": Partition.blocks(4, 8, 4)}
+    report = analyze(model, planted_task(), mine, **FAST)
+    assert report.partitions == mine and report.n_clusters == 4
+    assert report.cut_accuracy_drop == 0  # the planted model is block-diagonal under these blocks
