@@ -240,3 +240,14 @@ def test_random_cluster_files_load_or_fail_clearly(tmp_path, tensors, meta, conf
         return
     for p in partitions.values():
         assert isinstance(p, Partition) and p.row_labels.dtype == torch.long
+
+
+def test_spectral_clusters_of_huge_weights_are_those_of_the_same_weights_scaled_down():
+    # |W| ~ 1e23: its squares overflow fp32; the affinity is summed in float64 and scaled before anything is squared
+    model, huge = tiny_model("gpt2"), tiny_model("gpt2")
+    with torch.no_grad():
+        for p in huge.parameters():
+            p.mul_(1e25)
+    targets = find_targets(model)
+    config = ClusterConfig(n_clusters=3)
+    assert cluster_model(huge, config, targets) == cluster_model(model, config, targets)
