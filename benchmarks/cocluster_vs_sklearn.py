@@ -42,7 +42,7 @@ from hf_clusterable import (
     normalised,
     spectral_cocluster,
 )
-from hf_clusterable import cocluster as cocluster_module
+from hf_clusterable.core import cocluster as cocluster_module
 
 
 def clock(threads: int, device: str) -> float:
