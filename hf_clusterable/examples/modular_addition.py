@@ -20,7 +20,7 @@ from torch import nn
 
 from ..analysis.tasks import Batch, Task, batched, logits_of
 from ..utils.hub import resolve_file
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, json_text
 from ..utils.validation import require_int
 from .datasets import shuffled_split
 
@@ -92,7 +92,7 @@ def save_modular_addition_split(output_dir: str | os.PathLike, *, p: int, train_
     `training_args.bin`, which analysis should not have to unpickle.
     """
     data = {"task": "modular_addition", "p": p, "train_fraction": train_fraction, "seed": seed}
-    atomic_write(Path(output_dir, TASK_NAME), json.dumps(data, indent=2) + "\n")
+    atomic_write(Path(output_dir, TASK_NAME), json_text(data))
 
 
 def load_modular_addition_split(path_or_repo: str | os.PathLike) -> dict[str, Any] | None:

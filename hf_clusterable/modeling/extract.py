@@ -28,7 +28,6 @@ from transformers.pytorch_utils import Conv1D
 from ..config import ClusterConfig
 from ..core.partition import Partition
 from ..utils.validation import require_int
-from .clusters import check_clusters
 from .measure import resolve_clusters
 from .targets import Target, base_model, find_targets, get_weight, groups, modules_by_name
 
@@ -103,15 +102,6 @@ def merged_copy(model: nn.Module) -> nn.Module:
 def resolve_partitions(model: nn.Module, clusters: Clusters) -> tuple[list[Target], dict[str, Partition], int]:
     """Targets, partitions and k: saved ones from a checkpoint folder/repo, computed from a `ClusterConfig`, or a
     dict of partitions by module name (read as coupled MLP clusters, checked against the model)."""
-    if isinstance(clusters, Mapping):
-        partitions = dict(clusters)
-        ks = {p.n_clusters for p in partitions.values()}
-        if len(ks) != 1:
-            raise ValueError(f"the partitions must share one n_clusters, got {sorted(ks) or 'none'}.")
-        k = ks.pop()
-        targets = find_targets(model, list(partitions), coupled=True)
-        check_clusters(partitions, targets, k)
-        return targets, partitions, k
     config, targets, partitions = resolve_clusters(model, clusters)
     return targets, partitions, config.n_clusters
 
