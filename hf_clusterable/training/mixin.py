@@ -190,13 +190,15 @@ class ClusterabilityMixin:
         # The regulariser enters once per optimizer step, on the micro-batch that syncs gradients.
         regularise = model.training and self.accelerator.sync_gradients and self._maybe_cluster()
         weight = self.cluster_config.loss_weight
+        # `return_outputs` is passed through: TRL's trainers run an extra forward pass to build outputs on request.
         if regularise and weight > 0:
             with self._loss_fn().capture():  # masses computed inside each target's forward, see loss.py
-                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         else:
-            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not model.training:  # evaluation and prediction: the task loss alone
-            return (loss, outputs) if return_outputs else loss
+            return result
+        loss, outputs = result if return_outputs else (result, None)
         # Trainer divides by the accumulation steps unless the loss is already scaled: undo that for R, so R enters
         # each optimizer step exactly once with weight lambda.
         ga_scale = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else self.current_gradient_accumulation_steps
