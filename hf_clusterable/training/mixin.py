@@ -37,14 +37,17 @@ from ..hub.card import write_card
 from ..modeling.clusters import check_clusters, cluster_model, load_clusters, save_clusters
 from ..modeling.distributed import is_sharded
 from ..modeling.measure import ClusterReport, gather_weights, score_matrices, score_weights
-from ..modeling.plot import panel_names
+from ..modeling.plot import panel_names, panel_weights
 from ..modeling.targets import Target, base_model, find_targets, modules_by_name
 from ..utils.io import atomic_write, json_text
 from .loss import ClusterabilityLoss
+from .trackers import active_trackers, send_report
 
 
 # Fields that define the partitions; a checkpoint written with other values cannot be resumed with this config.
 _PARTITION_FIELDS = ("n_clusters", "targets", "coupled", "init")
+# Trackers that get per-matrix scores and the heatmap (see trackers.py).
+_TRACKERS = ("tensorboard", "wandb")
 # Trainer writes this last into a checkpoint: a folder without it was cut off while saving.
 _STATE_FILE = "trainer_state.json"
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -131,6 +134,7 @@ class ClusterabilityMixin:
         self._step_task_loss: torch.Tensor | float = 0.0
         self._snapshot: tuple[ClusterReport, dict[str, torch.Tensor]] | None = None
         self._snapshot_key: tuple[int, int] | None = None  # (step, partitions) the snapshot belongs to
+        self._tracked_step: int | None = None
         if isinstance(inner, PreTrainedModel):
             inner.add_model_tags(self._cluster_tag_names)
         if partitions is not None:
@@ -237,6 +241,27 @@ class ClusterabilityMixin:
         logs.update(averaged)
         super().log(logs, start_time)
         self._cluster_metrics[mode].clear()
+        if mode == "eval" and any(k.startswith("eval_") for k in logs):
+            self._send_to_trackers()
+
+    def _send_to_trackers(self) -> None:
+        """Per-matrix scores and the block heatmap to TensorBoard / W&B, once per step (evaluations and saves).
+
+        Decided from `args.report_to`, the same on every process, since sharded weights are gathered by all.
+        """
+        step = self.state.global_step
+        report_to = self.args.report_to or []
+        if self.partitions is None or self._tracked_step == step or not any(t in report_to for t in _TRACKERS):
+            return
+        self._tracked_step = step
+        self._take_snapshot()  # a collective for sharded weights
+        trackers = active_trackers(self.callback_handler.callbacks) if self.is_world_process_zero() else {}
+        if not trackers:
+            return
+        report, weights = self._saved_report()
+        if report is not None:
+            panels = weights if weights is not None else panel_weights(self.model, self.partitions)
+            send_report(trackers, report, panels, step)
 
     # ---- saving and resuming ------------------------------------------------------------------------------------
 
@@ -380,6 +405,7 @@ class ClusterabilityMixin:
         # card there first (the TRL pattern for model cards).
         self._hide_hub_token()
         self._take_snapshot()
+        self._send_to_trackers()
         if self.args.push_to_hub and self.args.hub_strategy != HubStrategy.END:
             self.save_cluster_files(self.args.output_dir)
             self.create_model_card()
