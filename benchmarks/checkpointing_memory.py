@@ -6,7 +6,9 @@ the median over rounds of
 
 - CUDA: `torch.cuda.max_memory_allocated()` during training minus the memory allocated when training began;
 - CPU: the peak resident set during training (`VmHWM`, reset at the start of training through
-  `/proc/self/clear_refs`) minus the resident set when training began.
+  `/proc/self/clear_refs`) minus the resident set when training began. Workers run with glibc's malloc told to map
+  every block above 128 KiB on its own and give freed memory back at once (`MALLOC_MMAP_THRESHOLD_`,
+  `MALLOC_TRIM_THRESHOLD_`), so the resident set follows the live tensors instead of the allocator's caches.
 
 Both are what training adds on top of the loaded model: activations, gradients and temporaries. Checkpointing
 should cut the activations; the loss should add little either way.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -111,7 +114,9 @@ def main() -> None:
         for name in CONFIGS:
             cmd = [sys.executable, __file__, "--worker", name, "--device", args.device]
             cmd += ["--batch", str(args.batch), "--seq", str(args.seq)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "0"}
+            run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            out = run.stdout.strip().splitlines()[-1]
             added[name].append(json.loads(out)["added_mib"])
     label = "max allocated" if args.device == "cuda" else "peak RSS"
     print(f"GPT-2 small (124M), batch {args.batch} x {args.seq} tokens, {args.device}, {label} added by training")

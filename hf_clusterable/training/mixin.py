@@ -115,8 +115,10 @@ class ClusterabilityMixin:
         if model is None:
             raise ValueError(f"{type(self).__name__} needs a model (model_init is not supported).")
         config = dataclasses.replace(cluster_config) if cluster_config is not None else ClusterConfig()
-        if isinstance(model, nn.Module):  # check the targets before the host trainer does anything
-            self._resolve_targets(model, config)
+        if isinstance(model, nn.Module):  # check targets and partitions before the host trainer does anything
+            targets = self._resolve_targets(model, config)
+            if partitions is not None:
+                check_clusters(partitions, targets, config.n_clusters)
         super().__init__(*args, **kwargs)
         self.cluster_config = config
         self.cluster_targets: list[Target] = self._resolve_targets(self.model, config)
