@@ -132,3 +132,29 @@ def test_a_save_of_unscorable_weights_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         trainer.save_model(str(tmp_path / "final"))
     assert not (tmp_path / "final").exists()
+
+
+class PoisonAt(TrainerCallback):
+    """Turns one weight into NaN at the end of a step, as a diverged run would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                model.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
+
+
+def test_a_checkpoint_of_unscorable_weights_is_not_started(tmp_path):
+    trainer = ClusterableTrainer(
+        model=tiny_model("gpt2"),
+        args=make_args(tmp_path, max_steps=3, save_strategy="steps", save_steps=1),
+        train_dataset=pattern_data(64),
+        cluster_config=ClusterConfig(init="blocks"),
+        callbacks=[PoisonAt(2)],
+    )
+    with pytest.raises(ValueError, match="NaN"):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-1"]
+    assert (tmp_path / "checkpoint-1" / "trainer_state.json").is_file()
