@@ -161,3 +161,28 @@ def test_dpo_trainer_with_the_mixin_regularises_only_the_policy(tmp_path, tokeni
         torch.testing.assert_close(param, reference[name], rtol=0, atol=0)
     assert not any(m._forward_hooks for m in trainer.ref_model.modules())
     assert_saved_and_resumable(ClusterableDPOTrainer, make, tmp_path, monkeypatch)
+
+
+def test_dpo_with_peft_scores_the_adapted_policy_not_its_adapter_free_reference(tmp_path, tokenizer):
+    """With PEFT and no ref_model, TRL's reference is the policy with adapters disabled, run without gradients: the
+    loss must see the adapted weights (W + BA), so the adapters learn to raise clusterability."""
+    from peft import LoraConfig
+
+    args = trl.DPOConfig(str(tmp_path), max_steps=8, **{**COMMON, "per_device_train_batch_size": 4})
+    trainer = ClusterableDPOTrainer(
+        model=small_lm(tokenizer),
+        args=args,
+        train_dataset=preference_data(),
+        processing_class=tokenizer,
+        cluster_config=CONFIG,
+        peft_config=LoraConfig(r=4, target_modules=["c_fc", "c_proj"], fan_in_fan_out=True),
+    )
+    assert trainer.ref_model is None
+    trainer.train()
+    logs = logged(trainer)
+    assert logs[1]["clusterability"] > logs[0]["clusterability"]
+    assert all(k in logs[1] for k in ("rewards/margins", "cluster_loss"))
+    report = trainer.cluster_report()
+    assert report.mean == pytest.approx(trainer._loss_fn()().item(), abs=1e-6)  # scored with the adapters on
+    with trainer.model.disable_adapter():
+        assert trainer._loss_fn()().item() < report.mean  # the adapter-free weights score lower
