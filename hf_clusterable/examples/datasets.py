@@ -1,5 +1,6 @@
-"""Offline datasets for the paper's example tasks: scikit-learn's 8x8 digits (an offline MNIST) and English prose
-from the standard library. Each returns a `datasets.DatasetDict` with a held-out split fixed by a seed.
+"""Offline datasets for the paper's example tasks: scikit-learn's 8x8 digits (an offline MNIST), English prose
+from the standard library, and chat-formatted questions and answers built from that prose. Each returns a
+`datasets.DatasetDict` with a held-out split fixed by a seed.
 """
 
 from __future__ import annotations
@@ -35,4 +36,27 @@ def pydoc_dataset(validation_fraction: float = 0.05, seed: int = 0) -> DatasetDi
     from .offline import pydoc_text
 
     parts = Dataset.from_dict({"text": pydoc_text()}).train_test_split(test_size=validation_fraction, seed=seed)
+    return DatasetDict({"train": parts["train"], "validation": parts["test"]})
+
+
+def pydoc_chat_dataset(validation_fraction: float = 0.05, seed: int = 0, paragraphs: int = 2) -> DatasetDict:
+    """Chat-formatted SFT data with no download, in TRL's conversational prompt-completion format.
+
+    Each example asks about one topic of the stdlib's Python reference (`pydoc_data.topics`: keywords, statements,
+    types) and answers with one of its paragraphs, verbatim: `{"prompt": [user turn], "completion": [assistant
+    turn]}`. Up to `paragraphs` examples per topic. The answers are real reference prose; the questions are a
+    template, so the data teaches the reference text in a chat format, nothing more.
+    """
+    from pydoc_data.topics import topics
+
+    prompts, completions = [], []
+    for key in sorted(topics):
+        kept = [p.strip() for p in topics[key].split("\n\n") if len(p.split()) >= 8][:paragraphs]
+        for i, answer in enumerate(kept):
+            more = "" if i == 0 else " Tell me more."
+            question = f"What does the Python reference say about '{key}'?{more}"
+            prompts.append([{"role": "user", "content": question}])
+            completions.append([{"role": "assistant", "content": answer}])
+    data = Dataset.from_dict({"prompt": prompts, "completion": completions})
+    parts = data.train_test_split(test_size=validation_fraction, seed=seed)
     return DatasetDict({"train": parts["train"], "validation": parts["test"]})

@@ -15,6 +15,7 @@ GEMMA3_270M = "gemma-3-270m (embedded GGUF)"
 # Offline stand-ins a recipe can name wherever a Hub id is expected (Hub ids never contain ":").
 OFFLINE_GEMMA = "offline:gemma-3-270m"
 OFFLINE_PYDOC = "offline:pydoc"
+OFFLINE_PYDOC_CHAT = "offline:pydoc-chat"
 
 
 def gemma3_270m_gguf() -> tuple[str, str]:

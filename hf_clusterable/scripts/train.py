@@ -9,10 +9,16 @@ Three tasks cover the paper's experiments: `causal_lm` (GPT-2, Pythia, Gemma... 
 `image_classification` (`ClusterNetForImageClassification` on MNIST / CIFAR-10 images) and `modular_addition` (the
 one-layer transformer on (a + b) mod p, built in code). Every run evaluates on a held-out split, saves the model with
 its `cluster_config.json`, `clusters.safetensors` and `cluster_metrics.json`, and writes a model card.
+
+`trainer: sft` runs a `causal_lm` recipe through TRL's `SFTTrainer` with `ClusterabilityMixin` instead: TRL
+tokenises, packs and (for chat data) applies the chat template; `block_size` becomes its `max_length`, `packing` and
+`text_column` its own, and every TrainingArguments key of the recipe carries over.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import os
@@ -24,7 +30,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..examples.offline import OFFLINE_GEMMA, OFFLINE_PYDOC
+from ..examples.offline import OFFLINE_GEMMA, OFFLINE_PYDOC, OFFLINE_PYDOC_CHAT
 from ..utils.hub import require_local_or_repo
 from ..utils.io import check_output_dir, check_writable_folder
 from .train_args import ClusterArguments, ModelArguments, ScriptArguments, parse_args
@@ -57,7 +63,7 @@ def load_raw_data(script_args: ScriptArguments):
     """The dataset the recipe names: local files, the stdlib's prose, a local folder or a Hub dataset."""
     from datasets import load_dataset
 
-    from ..examples.datasets import pydoc_dataset
+    from ..examples.datasets import pydoc_chat_dataset, pydoc_dataset
     from ..utils.data_files import load_data_files
 
     if script_args.train_file:
@@ -69,6 +75,8 @@ def load_raw_data(script_args: ScriptArguments):
         return load_data_files(files, {"train": "--train_file", "validation": "--validation_file"})
     if script_args.dataset_name == OFFLINE_PYDOC:
         return pydoc_dataset(seed=0)
+    if script_args.dataset_name == OFFLINE_PYDOC_CHAT:
+        return pydoc_chat_dataset(seed=0)
     name = require_local_or_repo(script_args.dataset_name, "--dataset_name")
     return load_dataset(name, script_args.dataset_config_name)
 
@@ -204,10 +212,8 @@ def prepare_images(model, train_data, eval_data, script_args: ScriptArguments, a
     return train_data.with_transform(transform), eval_data.with_transform(transform), {"compute_metrics": accuracy}
 
 
-def prepare_text(model, train_data, eval_data, script_args: ScriptArguments, model_args, args: TrainingArguments):
-    """Tokenised blocks (packed, or padded with the padding masked), the collator and the tokenizer."""
-    from ..training.data import DataCollatorForCausalLM, tokenize_for_causal_lm
-
+def text_tokenizer(model, script_args: ScriptArguments, model_args: ModelArguments):
+    """The tokenizer, with a pad token, after checking that a block fits the model's positions."""
     tokenizer = load_tokenizer(model_args)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
@@ -216,6 +222,14 @@ def prepare_text(model, train_data, eval_data, script_args: ScriptArguments, mod
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions is not None and script_args.block_size > max_positions:
         raise ValueError(f"block_size {script_args.block_size} exceeds the model's {max_positions} positions.")
+    return tokenizer
+
+
+def prepare_text(model, train_data, eval_data, script_args: ScriptArguments, model_args, args: TrainingArguments):
+    """Tokenised blocks (packed, or padded with the padding masked), the collator and the tokenizer."""
+    from ..training.data import DataCollatorForCausalLM, tokenize_for_causal_lm
+
+    tokenizer = text_tokenizer(model, script_args, model_args)
     with args.main_process_first(desc="tokenising"):
         train_data, eval_data = (
             tokenize_for_causal_lm(
@@ -237,6 +251,60 @@ def prepare_text(model, train_data, eval_data, script_args: ScriptArguments, mod
     return train_data, eval_data, kwargs
 
 
+# ---- TRL's SFTTrainer ---------------------------------------------------------------------------------------------
+
+# Columns that make a dataset conversational for TRL: the tokenizer's chat template renders them.
+CHAT_COLUMNS = ("messages", "prompt")
+
+
+def require_trl() -> None:
+    """One line saying how to install TRL, before any work, when a recipe asks for a TRL trainer without it."""
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise ImportError("trainer: sft needs TRL: pip install 'hf-clusterable[trl]'.") from None
+
+
+@functools.cache
+def clusterable_sft_trainer() -> type:
+    """`ClusterabilityMixin` + TRL's `SFTTrainer` (built on first use, so TRL stays optional)."""
+    from trl import SFTTrainer
+
+    from ..training.mixin import ClusterabilityMixin
+
+    return type("ClusterableSFTTrainer", (ClusterabilityMixin, SFTTrainer), {"__module__": __name__})
+
+
+def sft_config(args: TrainingArguments, script_args: ScriptArguments):
+    """The recipe's TrainingArguments as TRL's `SFTConfig`, with the data keys in TRL's names."""
+    from trl import SFTConfig
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    return SFTConfig(
+        **values,
+        max_length=script_args.block_size,
+        packing=script_args.packing,
+        dataset_text_field=script_args.text_column,
+        chat_template_path=script_args.chat_template_path,
+        dataset_num_proc=script_args.preprocessing_num_workers,
+    )
+
+
+def prepare_sft(model, train_data, script_args: ScriptArguments, model_args: ModelArguments) -> dict[str, Any]:
+    """The tokenizer for TRL (which tokenises the raw data itself), after checking the data has what TRL reads."""
+    tokenizer = text_tokenizer(model, script_args, model_args)
+    columns = train_data.column_names
+    chat = any(c in columns for c in CHAT_COLUMNS)
+    if not chat and script_args.text_column not in columns:
+        raise ValueError(
+            f"no column {script_args.text_column!r} in the data (it has {columns}); set text_column, or give chat "
+            "data with prompt/completion or messages columns."
+        )
+    if chat and tokenizer.chat_template is None and script_args.chat_template_path is None:
+        raise ValueError("the data is chat-formatted but the tokenizer has no chat template; set chat_template_path.")
+    return {"processing_class": tokenizer}
+
+
 # ---- the run ------------------------------------------------------------------------------------------------------
 
 
@@ -246,6 +314,9 @@ def run(script_args: ScriptArguments, model_args: ModelArguments, cluster_args: 
 
     from ..training.trainer import ClusterableTrainer
 
+    sft = script_args.trainer == "sft"
+    if sft:
+        require_trl()
     cluster_config = cluster_args.to_cluster_config(args.seed)  # a bad cluster setting fails before any work
     checkpoint = resume_checkpoint(args, script_args.overwrite)
     if checkpoint is not None:
@@ -263,10 +334,14 @@ def run(script_args: ScriptArguments, model_args: ModelArguments, cluster_args: 
     if task == "image_classification":
         train_data, eval_data, extra = prepare_images(model, train_data, eval_data, script_args, args)
         trainer_kwargs.update(extra)
-    if task == "causal_lm":
+    trainer_cls = ClusterableTrainer
+    if sft:
+        trainer_kwargs.update(prepare_sft(model, train_data, script_args, model_args))
+        trainer_cls, args = clusterable_sft_trainer(), sft_config(args, script_args)
+    elif task == "causal_lm":
         train_data, eval_data, extra = prepare_text(model, train_data, eval_data, script_args, model_args, args)
         trainer_kwargs.update(extra)
-    trainer = ClusterableTrainer(
+    trainer = trainer_cls(
         model=prepare_model(model, model_args),
         args=args,
         train_dataset=train_data,

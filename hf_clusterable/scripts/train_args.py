@@ -46,6 +46,14 @@ class ScriptArguments:
     task: Literal["causal_lm", "image_classification", "modular_addition"] = field(
         default="causal_lm", metadata={"help": "causal_lm, image_classification or modular_addition."}
     )
+    trainer: Literal["default", "sft"] = field(
+        default="default",
+        metadata={"help": "default: ClusterableTrainer on tokenised blocks; sft: TRL's SFTTrainer with the loss "
+                  "(text, or chat data in prompt/completion or messages columns; pip install 'hf-clusterable[trl]')."},
+    )  # fmt: skip
+    chat_template_path: str | None = field(
+        default=None, metadata={"help": "trainer sft: a .jinja chat template, for a tokenizer that has none."}
+    )
     dataset_name: str | None = field(
         default=None,
         metadata={"help": f"Hub dataset id or a local dataset folder (e.g. an imagefolder); {OFFLINE_PYDOC} is the "
@@ -64,7 +72,9 @@ class ScriptArguments:
     validation_fraction: float = field(
         default=0.05, metadata={"help": "Share of the training split held out when the data has no other split."}
     )
-    text_column: str = field(default="text", metadata={"help": "Column holding the text (causal_lm)."})
+    text_column: str = field(
+        default="text", metadata={"help": "Column holding the text (causal_lm; chat data needs none)."}
+    )
     block_size: int = field(default=1024, metadata={"help": "Tokens per training sequence (causal_lm)."})
     packing: bool = field(
         default=True,
@@ -84,6 +94,15 @@ class ScriptArguments:
     def __post_init__(self) -> None:
         if self.task not in TRAIN_TASKS:
             raise ValueError(f"task must be one of {TRAIN_TASKS}, got {self.task!r}.")
+        if self.trainer not in ("default", "sft"):
+            raise ValueError(f"trainer must be default or sft, got {self.trainer!r}.")
+        if self.trainer == "sft" and self.task != "causal_lm":
+            raise ValueError(f"trainer sft fine-tunes language models: set task causal_lm, not {self.task}.")
+        if self.chat_template_path is not None:
+            if self.trainer != "sft":
+                raise ValueError("chat_template_path is used by trainer sft only; set trainer: sft or remove it.")
+            if not (Path(self.chat_template_path).is_file() and self.chat_template_path.endswith((".jinja", ".j2"))):
+                raise ValueError(f"chat_template_path {self.chat_template_path}: no such .jinja file.")
         if self.task != "modular_addition" and not (self.dataset_name or self.train_file):
             raise ValueError(f"task {self.task} needs data: set dataset_name (Hub id or folder) or train_file.")
         if self.validation_file and not self.train_file:

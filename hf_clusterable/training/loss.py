@@ -61,8 +61,15 @@ class ClusterabilityLoss:
         """Compute each target's masses inside its module's forward while the model runs in this context.
 
         Call the loss after the forward; targets the forward did not run (and ZeRO-3 modules, which need their own
-        gathering forward) are computed then. Gradient checkpointing is fine: the hooks are gone by the time a
-        block's forward is recomputed.
+        gathering forward) are computed then. Under gradient checkpointing a target's forward runs twice, once in
+        the forward pass and again during the backward; the hooks are gone by the recomputation, so:
+        - non-reentrant checkpointing records how many tensors each block saves and requires the same count when
+          it recomputes the block. The masses' own saved tensors (the weight and the labels, which the
+          recomputation would not change) are therefore kept out of its bookkeeping, and their backward still runs
+          when the model's backward reaches the layer.
+        - reentrant checkpointing runs the first forward without gradients, so masses taken there would carry
+          none (the regulariser would silently stop training the weights). A forward without gradients is skipped
+          and its masses are computed after the forward instead.
         """
         self._captured = {}
         handles = []
@@ -71,7 +78,10 @@ class ClusterabilityLoss:
                 continue
 
             def hook(module, args, output, i=i, codes=codes):
-                if i not in self._captured:  # a module run twice in one forward is scored once
+                # A module run twice in one forward is scored once; one run without gradients is not scored here.
+                if i in self._captured or not torch.is_grad_enabled():
+                    return
+                with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
                     self._captured[i] = module_block_mass(module, codes)
 
             handles.append(module.register_forward_hook(hook))
@@ -80,3 +90,8 @@ class ClusterabilityLoss:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    """Saved-tensor hook that keeps the tensor as autograd would without any hook (no checkpoint bookkeeping)."""
+    return tensor

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image as PILImage
 from transformers import PreTrainedTokenizerFast
 
 from hf_clusterable.cli.main import main as cli_main
+from hf_clusterable.constants import CLUSTERS_NAME
 from hf_clusterable.examples.modular_addition import load_modular_addition_split
 from hf_clusterable.scripts.train import prepare_model
 from hf_clusterable.scripts.train_args import ModelArguments, parse_args
@@ -68,6 +70,10 @@ def test_cluster_flags_build_a_cluster_config(tmp_path):
         ("model_type: gpt2\n", "needs data"),
         ("model_type: gpt2\ntask: regression\n", "task must be one of"),
         ("model_type: gpt2\ntask: modular_addition\nconfig_overrides: '{bad'\n", "config_overrides must be a JSON"),
+        ("model_type: gpt2\ntask: modular_addition\ntrainer: dpo\n", "trainer must be one of default, sft"),
+        ("model_type: gpt2\ntask: modular_addition\ntrainer: sft\n", "trainer sft fine-tunes language models"),
+        ("model_type: gpt2\ntask: modular_addition\nchat_template_path: x.jinja\n", "used by trainer sft only"),
+        ("model_type: gpt2\ndataset_name: x\ntrainer: sft\nchat_template_path: no.jinja\n", "no such .jinja"),
     ],
 )
 def test_bad_recipes_fail_with_one_clear_line(tmp_path, capsys, text, message):
@@ -221,3 +227,53 @@ def test_gemma_gguf_recipe_runs_two_steps_on_the_real_model(tmp_path):
     assert 0.2 < metrics["eval_clusterability"] < 0.5
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "quantization_config" not in saved  # de-quantised floats saved as a plain model
+
+
+CHAT = str(RECIPES / "gemma-3-270m/chat/config_cpu.yaml")
+
+
+def chat_flags(tmp_path, tiny_models, *extra: str) -> list[str]:
+    return [
+        "train", "--config", CHAT, "--output_dir", str(tmp_path / "out"),
+        "--model_name_or_path", str(tiny_models["gemma3_text"]),
+        "--config_overrides", '{"max_position_embeddings": 192}',
+        "--block_size", "192", "--max_steps", "6", "--logging_steps", "3", "--per_device_train_batch_size", "4",
+        "--max_train_samples", "48", "--max_eval_samples", "8", "--learning_rate", "3e-3", "--report_to", "none",
+        "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+def test_sft_recipe_trains_through_trl_with_the_loss(tmp_path, tiny_models, monkeypatch):
+    """trainer: sft runs TRL's SFTTrainer (checkpointing on, chat template from the recipe) with the mixin."""
+    monkeypatch.chdir(RECIPES.parent)
+    assert cli_main(chat_flags(tmp_path, tiny_models)) == 0
+    out = tmp_path / "out"
+    state = json.loads((out / "trainer_state.json").read_text())
+    logs = [e for e in state["log_history"] if "loss" in e]
+    assert len(logs) == 2
+    for entry in logs:  # TRL's metrics and the loss's, side by side
+        assert {"mean_token_accuracy", "entropy", "num_tokens", "clusterability", "cluster_loss"} <= entry.keys()
+    assert logs[1]["clusterability"] > logs[0]["clusterability"]
+    args = json.loads(json.dumps(torch.load(out / "training_args.bin", weights_only=False).to_dict(), default=str))
+    assert args["gradient_checkpointing"] is True and args["max_length"] == 192 and args["packing"] is False
+    assert "<start_of_turn>" in (out / "chat_template.jinja").read_text()
+    assert (out / CLUSTERS_NAME).is_file()
+
+
+def test_sft_without_trl_says_how_to_install_it(tmp_path, tiny_models, monkeypatch, capsys):
+    monkeypatch.chdir(RECIPES.parent)
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl raises ImportError
+    assert cli_main(chat_flags(tmp_path, tiny_models)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "pip install 'hf-clusterable[trl]'" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_sft_chat_data_needs_a_chat_template(tmp_path, tiny_models, monkeypatch, capsys):
+    monkeypatch.chdir(RECIPES.parent)
+    recipe = tmp_path / "chat.yaml"
+    recipe.write_text(Path(CHAT).read_text().replace("chat_template_path:", "# chat_template_path:"))
+    flags = chat_flags(tmp_path, tiny_models)
+    flags[flags.index(CHAT)] = str(recipe)
+    assert cli_main(flags) == 2
+    assert "no chat template; set chat_template_path" in capsys.readouterr().err
