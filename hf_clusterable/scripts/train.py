@@ -31,6 +31,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from ..examples.offline import OFFLINE_GEMMA, OFFLINE_PYDOC, OFFLINE_PYDOC_CHAT
+from ..training.mixin import last_complete_checkpoint
 from ..utils.hub import require_local_or_repo
 from ..utils.io import check_output_dir, check_writable_folder
 from .train_args import ClusterArguments, ModelArguments, ScriptArguments, parse_args
@@ -46,14 +47,12 @@ PIPELINE_TAGS = {"causal_lm": "text-generation", "image_classification": "image-
 
 def resume_checkpoint(args: TrainingArguments, overwrite: bool) -> str | None:
     """The checkpoint to resume from, or None; refuses to write into a non-empty folder that holds no checkpoint."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     out = check_writable_folder(args.output_dir, "--output_dir")
     if args.resume_from_checkpoint:
         if not Path(args.resume_from_checkpoint).is_dir():
             raise FileNotFoundError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such folder.")
         return args.resume_from_checkpoint
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    last = last_complete_checkpoint(str(out))
     if last is None:
         check_output_dir(out, "--output_dir", overwrite=overwrite)
     return last

@@ -44,8 +44,6 @@ from .loss import ClusterabilityLoss
 from .trackers import active_trackers, send_report
 
 
-# Fields that define the partitions; a checkpoint written with other values cannot be resumed with this config.
-_PARTITION_FIELDS = ("n_clusters", "targets", "coupled", "init")
 # Trackers that get per-matrix scores and the heatmap (see trackers.py).
 _TRACKERS = ("tensorboard", "wandb")
 # Trainer writes this last into a checkpoint: a folder without it was cut off while saving.
@@ -80,6 +78,10 @@ def last_complete_checkpoint(folder: str) -> str | None:
             return path
         warnings.warn(f"skipping {path}: it holds no {_STATE_FILE}, so its save was cut off.", stacklevel=3)
     return None
+
+
+def _holds_checkpoints(folder: str) -> bool:
+    return os.path.isdir(folder) and any(_CHECKPOINT.match(name) for name in os.listdir(folder))
 
 
 class ClusterabilityMixin:
@@ -415,14 +417,7 @@ class ClusterabilityMixin:
 
     def _restore_clusters(self, checkpoint: str) -> None:
         if os.path.isfile(os.path.join(checkpoint, CONFIG_NAME)):
-            saved = ClusterConfig.from_pretrained(checkpoint)
-            diff = [f for f in _PARTITION_FIELDS if getattr(saved, f) != getattr(self.cluster_config, f)]
-            if diff:
-                raise ValueError(
-                    f"checkpoint {checkpoint} was trained with a different cluster config "
-                    f"({ {f: getattr(saved, f) for f in diff} }); "
-                    "resume with ClusterConfig.from_pretrained(checkpoint)."
-                )
+            self._check_resumable(checkpoint, ClusterConfig.from_pretrained(checkpoint))
         if os.path.isfile(os.path.join(checkpoint, CLUSTERS_NAME)):
             k = self.cluster_config.n_clusters
             partitions = load_clusters(checkpoint, n_clusters=k, targets=self.cluster_targets)
@@ -434,6 +429,32 @@ class ClusterabilityMixin:
                 stacklevel=3,
             )
 
+    def _check_resumable(self, checkpoint: str, saved: ClusterConfig) -> None:
+        """Refuse a checkpoint whose clusters mean something else here: another model type, other target matrices
+        (compared as resolved on this model, so the default targets written out or an equivalent regex match), or
+        another k, coupling or init. The message shows both values."""
+        ours = self.cluster_config
+        model_type = getattr(getattr(base_model(self.model), "config", None), "model_type", None)
+        diff = {}
+        if saved.model_type is not None and model_type is not None and saved.model_type != model_type:
+            diff["model_type"] = (saved.model_type, model_type)
+        for field in ("n_clusters", "coupled", "init"):
+            if getattr(saved, field) != getattr(ours, field):
+                diff[field] = (getattr(saved, field), getattr(ours, field))
+        if "model_type" not in diff:
+            try:
+                names = [t.name for t in find_targets(self.model, saved.targets, coupled=saved.coupled)]
+            except ValueError as err:
+                names = [f"<none on this model: {err}>"]
+            if names != [t.name for t in self.cluster_targets]:
+                diff["targets"] = (saved.targets, ours.targets)
+        if diff:
+            both = "; ".join(f"{f}: checkpoint {a!r}, this run {b!r}" for f, (a, b) in diff.items())
+            raise ValueError(
+                f"checkpoint {checkpoint} was trained with a different cluster config ({both}); "
+                "resume with ClusterConfig.from_pretrained(checkpoint), or train into another output_dir."
+            )
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
@@ -441,4 +462,10 @@ class ClusterabilityMixin:
                 raise ValueError(f"no complete checkpoint found in output_dir {self.args.output_dir} to resume from.")
         if resume_from_checkpoint:
             self._restore_clusters(resume_from_checkpoint)
+        elif self.args.should_save and _holds_checkpoints(self.args.output_dir):
+            warnings.warn(
+                f"output_dir {self.args.output_dir} holds checkpoints of an earlier run, which this run will "
+                "overwrite step by step; pass resume_from_checkpoint=True to continue it, or use another output_dir.",
+                stacklevel=2,
+            )
         return super().train(resume_from_checkpoint or None, *args, **kwargs)

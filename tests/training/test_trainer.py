@@ -246,6 +246,49 @@ def test_checkpoint_whose_partitions_do_not_match_is_refused(tmp_path):
         bigger.train(resume_from_checkpoint=str(ckpt))
 
 
+@pytest.mark.parametrize(
+    "targets",
+    [["mlp.c_fc", "mlp.c_proj"], r"transformer\.h\.\d+\.mlp\.(c_fc|c_proj)"],
+    ids=["default targets written out", "an equivalent regex"],
+)
+def test_resume_compares_resolved_targets(tmp_path, targets):
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    ClusterableTrainer(model=tiny_model("gpt2"), args=args, train_dataset=pattern_data()).train()
+    same = ClusterableTrainer(
+        model=tiny_model("gpt2"),
+        args=args,
+        train_dataset=pattern_data(),
+        cluster_config=ClusterConfig(targets=targets),
+    )
+    same.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert same.partitions is not None
+
+
+def test_resume_refusal_shows_both_values_and_checks_the_model_type(tmp_path):
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    ClusterableTrainer(model=tiny_model("gpt2"), args=args, train_dataset=pattern_data()).train()
+    ckpt = str(tmp_path / "checkpoint-2")
+    fewer = ClusterableTrainer(
+        model=tiny_model("gpt2"),
+        args=args,
+        train_dataset=pattern_data(),
+        cluster_config=ClusterConfig(targets=["c_fc"]),
+    )
+    with pytest.raises(ValueError, match=r"targets: checkpoint None, this run \['c_fc'\]"):
+        fewer.train(resume_from_checkpoint=ckpt)
+    other = ClusterableTrainer(model=tiny_model("llama"), args=args, train_dataset=pattern_data())
+    with pytest.raises(ValueError, match="model_type: checkpoint 'gpt2', this run 'llama'"):
+        other.train(resume_from_checkpoint=ckpt)
+
+
+def test_training_over_another_runs_checkpoints_warns(tmp_path):
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    ClusterableTrainer(model=tiny_model("gpt2"), args=args, train_dataset=pattern_data()).train()
+    again = ClusterableTrainer(model=tiny_model("gpt2"), args=args, train_dataset=pattern_data())
+    with pytest.warns(UserWarning, match="holds checkpoints of an earlier run"):
+        again.train()
+
+
 def test_blocks_partitions_exist_from_the_start(tmp_path):
     trainer = ClusterableTrainer(
         model=tiny_model("gpt_neox"), args=make_args(tmp_path), cluster_config=ClusterConfig(init="blocks")
