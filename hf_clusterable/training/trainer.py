@@ -29,7 +29,10 @@ from ..modeling.measure import ClusterReport, gather_weights, score_matrices, sc
 from ..modeling.plot import panel_names
 from ..modeling.targets import base_model, find_targets, modules_by_name
 from ..utils.io import atomic_write, json_text
+from .distill import Teacher, distillation_loss
 from .loss import ClusterabilityLoss
+from .projection import ProjectionCallback, Projector
+from .schedules import loss_weight_at
 
 
 # Fields that define the partitions; a checkpoint written with other values cannot be resumed with this config.
@@ -61,7 +64,9 @@ class ClusterableTrainer(Trainer):
         All other arguments are `transformers.Trainer`'s.
 
     Logged metrics (train and `eval_`): `task_loss`, `cluster_loss` (the regulariser), `clusterability` (mean C)
-    and `clusterability_baseline` (what unstructured weights would score with these cluster sizes).
+    and `clusterability_baseline` (what unstructured weights would score with these cluster sizes); in training also
+    `cluster_loss_weight` (lambda at that step, see `loss_weight_schedule`) and, with `distill_weight > 0`,
+    `distill_loss` (the KL to the frozen starting model).
 
     `push_to_hub()` and every `hub_strategy` push upload the cluster files and a model card with the current scores
     (`create_model_card`) next to the weights.
@@ -91,12 +96,19 @@ class ClusterableTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self._step_task_loss: torch.Tensor | float = 0.0
+        self._step_distill_loss: torch.Tensor | float = 0.0
         self._snapshot: tuple[ClusterReport, dict[str, torch.Tensor]] | None = None
         self._snapshot_key: tuple[int, int] | None = None  # (step, partitions) the snapshot belongs to
         if isinstance(inner, PreTrainedModel):
             inner.add_model_tags(self._tag_names)
         if config.init == "blocks":
             self._set_partitions(cluster_model(model, config, self.cluster_targets))
+        # The starting model, frozen, for self-distillation; the final projection, run after every step once due.
+        dtype = getattr(torch, config.teacher_dtype) if config.teacher_dtype else None
+        self._teacher = Teacher(self.model, dtype) if config.distill_weight > 0 else None
+        self._projector_cache: Projector | None = None
+        if config.project_step is not None:
+            self.add_callback(ProjectionCallback(config.project_step, self._projector))
 
     # ---- partitions -------------------------------------------------------------------------------------------
 
@@ -112,6 +124,7 @@ class ClusterableTrainer(Trainer):
             }
         self.partitions = partitions
         self._cluster_loss = None  # rebuilt lazily on the device the weights live on
+        self._projector_cache = None
 
     def _maybe_cluster(self) -> bool:
         """Compute spectral partitions when they are due; True once partitions exist."""
@@ -124,6 +137,11 @@ class ClusterableTrainer(Trainer):
                 self._set_partitions(cluster_model(self.model, cfg, self.cluster_targets))
                 self._clustered_at = step
         return self.partitions is not None
+
+    def _projector(self) -> Projector | None:
+        if self._projector_cache is None and self._maybe_cluster():
+            self._projector_cache = Projector(self.model, self.cluster_targets, self.partitions)
+        return self._projector_cache
 
     def _loss_fn(self) -> ClusterabilityLoss:
         if self._cluster_loss is None:
@@ -144,7 +162,10 @@ class ClusterableTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The regulariser enters once per optimizer step, on the micro-batch that syncs gradients.
         regularise = model.training and self.accelerator.sync_gradients and self._maybe_cluster()
-        weight = self.cluster_config.loss_weight
+        weight = loss_weight_at(self.cluster_config, self.state.global_step)
+        teacher_logits = None
+        if model.training and self._teacher is not None:
+            teacher_logits = self._teacher.to(self.accelerator.device).logits(inputs)
         if regularise and weight > 0:
             with self._loss_fn().capture():  # masses computed inside each target's forward, see loss.py
                 loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
@@ -154,12 +175,26 @@ class ClusterableTrainer(Trainer):
             return (loss, outputs) if return_outputs else loss
         # Trainer divides by the accumulation steps unless the loss is already scaled: undo that for R, so R enters
         # each optimizer step exactly once with weight lambda.
-        ga_scale = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else self.current_gradient_accumulation_steps
+        scaled = self._loss_is_scaled_for_ga(num_items_in_batch)
+        ga_scale = 1 if scaled else self.current_gradient_accumulation_steps
         self._step_task_loss = self._step_task_loss + loss.detach() / ga_scale
+        if teacher_logits is not None:  # normalised like the task loss: per token of the step, or of this batch
+            kl = distillation_loss(
+                outputs.logits, teacher_logits, inputs.get("labels"), self.cluster_config.distill_temperature,
+                num_items_in_batch if scaled else None,
+            )  # fmt: skip
+            if scaled and num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                kl = kl * self.accelerator.num_processes
+            loss = loss + self.cluster_config.distill_weight * kl
+            self._step_distill_loss = self._step_distill_loss + kl.detach() / ga_scale
         if self.accelerator.sync_gradients:
             metrics = self._metrics["train"]
             metrics["task_loss"].append(torch.as_tensor(self._step_task_loss, dtype=torch.float32))
             self._step_task_loss = 0.0
+            metrics["cluster_loss_weight"].append(torch.tensor(weight, dtype=torch.float32))
+            if teacher_logits is not None:
+                metrics["distill_loss"].append(torch.as_tensor(self._step_distill_loss, dtype=torch.float32))
+                self._step_distill_loss = 0.0
             if regularise:
                 with torch.set_grad_enabled(weight > 0):
                     mean_c = self._loss_fn()()
