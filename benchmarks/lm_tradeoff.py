@@ -12,8 +12,8 @@ English prose, with a fixed held-out split, through `ClusterableTrainer` (what u
 Each run records the mean clusterability C over the MLP matrices, its baseline and normalised value, the held-out
 cross-entropy, its increase over the reference, the cut test (held-out CE with every off-block MLP weight zeroed, and
 its increase over the run's own CE), steps and wall time. Results go to `results.json` after every run (an
-interrupted run resumes with `--resume`), then `table.md` and `frontier.png` (held-out CE increase against normalised C,
-one curve per method). The best point is rerun with more seeds, and the best method is run on Gemma.
+interrupted run resumes with `--resume`), then `table.md` and `frontier.png` (held-out CE increase against
+normalised C, one curve per method). The best point is rerun with more seeds, and the best method is run on Gemma.
 
     python benchmarks/lm_tradeoff.py --size smoke --out /tmp/lm          # a tiny random Llama, seconds
     OMP_NUM_THREADS=2 nohup python benchmarks/lm_tradeoff.py --threads 2 --out docs/lm_tradeoff \\
