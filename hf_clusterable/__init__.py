@@ -24,6 +24,7 @@ _IMPORT_STRUCTURE: dict[str, list[str]] = {
     "modeling.clusters": ["cluster_model", "load_clusters", "save_clusters"],
     "modeling.measure": ["ClusterReport", "MatrixScore", "measure"],
     "modeling.extract": ["extract_cluster"],
+    "training.mixin": ["ClusterabilityMixin"],
     "training.trainer": ["ClusterableTrainer"],
     "hub.card": ["render_card", "write_card"],
     "hub.push": ["push_folder"],
@@ -43,6 +44,7 @@ __all__ = [
     "ClusterNetConfig",
     "ClusterNetForImageClassification",
     "ClusterReport",
+    "ClusterabilityMixin",
     "ClusterableTrainer",
     "MatrixScore",
     "Partition",
@@ -101,4 +103,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .modeling.extract import extract_cluster
     from .modeling.measure import ClusterReport, MatrixScore, measure
     from .modeling.targets import Target, find_targets, get_weight
+    from .training.mixin import ClusterabilityMixin
     from .training.trainer import ClusterableTrainer

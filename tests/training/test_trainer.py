@@ -112,7 +112,7 @@ def test_partitions_saved_with_checkpoints_and_restored_exactly_on_resume(tmp_pa
     def no_recompute(*args, **kwargs):
         raise AssertionError("partitions must be restored, not recomputed")
 
-    monkeypatch.setattr("hf_clusterable.training.trainer.cluster_model", no_recompute)
+    monkeypatch.setattr("hf_clusterable.training.mixin.cluster_model", no_recompute)
     resumed = ClusterableTrainer(
         model=tiny_model("gpt2", seed=1, **NO_DROPOUT), args=args, train_dataset=pattern_data(), cluster_config=config
     )
@@ -141,7 +141,7 @@ def test_final_model_reloads_with_the_same_scores(tmp_path):
 
 
 def test_spectral_warmup_and_reclustering_schedule(tmp_path, monkeypatch):
-    import hf_clusterable.training.trainer as trainer_module
+    import hf_clusterable.training.mixin as trainer_module
 
     calls = []
     original = trainer_module.cluster_model

@@ -133,7 +133,7 @@ def test_trainer_metrics_file_writes_null_for_a_nan_score(tmp_path, monkeypatch)
     def nan_scores(model, targets, partitions):
         return [MatrixScore(t.name, t.shape, math.nan, 0.25) for t in targets]
 
-    monkeypatch.setattr("hf_clusterable.training.trainer.score_matrices", nan_scores)
+    monkeypatch.setattr("hf_clusterable.training.mixin.score_matrices", nan_scores)
     trainer.save_cluster_files(str(tmp_path))
     metrics = strict(tmp_path / METRICS_NAME)
     assert metrics["mean"] is None and metrics["matrices"][0]["score"] is None
