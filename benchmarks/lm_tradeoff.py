@@ -61,7 +61,7 @@ class Run:
 
     @property
     def key(self) -> str:
-        return f"{self.model}|{self.method}|{self.loss_weight:g}|{self.seed}|{self.steps}"
+        return f"{self.model}|{self.method}|{self.loss_weight:g}|{self.project_step}|{self.seed}|{self.steps}"
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Size:
 
 SIZES = {
     "smoke": Size(("tiny",), 6, 6, 2, 32, 4, 1e-2, r"mlp\.", (20.0, 200.0), 20.0, 1.0, (1,)),
-    "default": Size(("smollm2", "gemma"), 60, 30, 4, 128, 32, 1e-3, r"mlp\.", (2000.0, 20000.0), 2000.0, 1.0, (1,)),
+    "default": Size(("smollm2", "gemma"), 40, 20, 2, 128, 32, 1e-3, r"mlp\.", (2000.0, 20000.0), 2000.0, 1.0, (1,)),
     "large": Size(
         ("smollm2", "gemma"),
         1000,
@@ -103,20 +103,20 @@ SIZES = {
 
 
 def plan(size: Size, model: str, seed: int) -> list[Run]:
-    """The seed's first sweep on one model: reference, paper, ours over lambda, ours+distill, ours+distill+project."""
+    """The seed's first sweep on one model: reference, paper, ours over lambda, ours+distill, and ours+distill+project
+    twice: projected half-way (after the ramp), and after the first step (the whole run heals under fixed clusters)."""
     steps = size.gemma_steps if model == "gemma" else size.steps
     ramp = dict(schedule="linear", warmup_steps=steps // 2)
     top = max(size.weights)
+    project = dict(distill_weight=size.distill_weight, **ramp)
     runs = [
         Run(model, "reference", 0.0, seed, steps),
         Run(model, "paper", size.paper_weight, seed, steps, coupled=False),
         *(Run(model, "ours", w, seed, steps, **ramp) for w in size.weights),
         Run(model, "ours+distill", top, seed, steps, distill_weight=size.distill_weight, **ramp),
-        Run(
-            model, "ours+distill+project", top, seed, steps, distill_weight=size.distill_weight,
-            project_step=(3 * steps) // 4, **ramp,
-        ),
-    ]  # fmt: skip
+        Run(model, "ours+distill+project", top, seed, steps, project_step=steps // 2, **project),
+        Run(model, "ours+distill+project", top, seed, steps, project_step=1, **project),
+    ]
     return runs
 
 
@@ -181,7 +181,20 @@ def blocks(tokenizer, size: Size, n_train: int):
 # ---- one run ------------------------------------------------------------------------------------------------------
 
 
-def run_one(run: Run, base, train_data, eval_data, size: Size, device: str) -> dict[str, Any]:
+def starting_clusters(base, coupled: bool, seed: int, cache: dict) -> dict:
+    """Spectral clusters of the pretrained weights (what every run's trainer would compute first), once per
+    (coupled, seed): on a 2-core CPU they take about as long as a dozen training steps."""
+    from hf_clusterable import ClusterConfig
+    from hf_clusterable.modeling.clusters import cluster_model
+    from hf_clusterable.modeling.targets import find_targets
+
+    if (coupled, seed) not in cache:
+        config = ClusterConfig(coupled=coupled, seed=seed)
+        cache[coupled, seed] = cluster_model(base, config, find_targets(base, coupled=coupled))
+    return cache[coupled, seed]
+
+
+def run_one(run: Run, base, train_data, eval_data, size: Size, device: str, cache: dict) -> dict[str, Any]:
     """Fine-tune a copy of `base` as `run` says; the scores, held-out CE, cut test and wall time."""
     import re
 
@@ -207,10 +220,11 @@ def run_one(run: Run, base, train_data, eval_data, size: Size, device: str) -> d
             disable_tqdm=True, seed=run.seed, data_seed=run.seed, use_cpu=device == "cpu",
             dataloader_num_workers=0, bf16=False,
         )  # fmt: skip
-        trainer = ClusterableTrainer(
-            model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, cluster_config=config
-        )
         start = time.perf_counter()
+        trainer = ClusterableTrainer(
+            model=model, args=args, train_dataset=train_data, eval_dataset=eval_data, cluster_config=config,
+            partitions=starting_clusters(base, run.coupled, run.seed, cache),
+        )  # fmt: skip
         trainer.train()
         seconds = time.perf_counter() - start
         report = trainer.cluster_report()
@@ -240,12 +254,12 @@ def run_one(run: Run, base, train_data, eval_data, size: Size, device: str) -> d
     return result
 
 
-def pretrained_scores(base, train_data, eval_data, size: Size, device: str, model_name: str) -> dict[str, Any]:
+def pretrained_scores(base, eval_data, device: str, model_name: str, cache: dict) -> dict[str, Any]:
     """The starting model: held-out CE, clusterability under coupled spectral clusters, and its cut test."""
     run = Run(model_name, "pretrained", 0.0, 0, 0)
     from transformers import TrainingArguments
 
-    from hf_clusterable import ClusterableTrainer, ClusterConfig
+    from hf_clusterable import ClusterableTrainer
     from hf_clusterable.training.projection import cut_off_block
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,8 +267,10 @@ def pretrained_scores(base, train_data, eval_data, size: Size, device: str, mode
             output_dir=tmp, per_device_eval_batch_size=8, report_to="none", disable_tqdm=True,
             use_cpu=device == "cpu",
         )  # fmt: skip
-        trainer = ClusterableTrainer(model=base, args=args, eval_dataset=eval_data, cluster_config=ClusterConfig())
         start = time.perf_counter()
+        trainer = ClusterableTrainer(
+            model=base, args=args, eval_dataset=eval_data, partitions=starting_clusters(base, True, 0, cache)
+        )
         report = trainer.cluster_report()
         ce = trainer.evaluate()["eval_loss"]
         with cut_off_block(base, trainer.cluster_targets, trainer.partitions):
@@ -344,6 +360,7 @@ def sweep(size: Size, models: list[str], out: Path, device: str, resume: bool) -
         steps = size.gemma_steps if model == "gemma" else size.steps
         train_data, eval_data = blocks(tokenizer, size, steps * size.batch_size)
         todo: list[Run] = []
+        cache: dict = {}
         if model == first:
             todo += plan(size, model, 0)
         else:  # the best method of the first model, and its reference
@@ -351,17 +368,17 @@ def sweep(size: Size, models: list[str], out: Path, device: str, resume: bool) -
             if best is None:
                 continue
             todo += [Run(model, "reference", 0.0, 0, steps), transfer(best, model, steps, 0)]
-        if f"{model}|pretrained|0|0|0" not in done:
-            record(pretrained_scores(base, train_data, eval_data, size, device, model))
+        if Run(model, "pretrained", 0.0, 0, 0).key not in done:
+            record(pretrained_scores(base, eval_data, device, model, cache))
         for run in todo:
             if run.key not in done:
-                record(run_one(run, base, train_data, eval_data, size, device))
+                record(run_one(run, base, train_data, eval_data, size, device, cache))
         if model == first:
             best = best_run(results, model)
             for seed in size.extra_seeds if best is not None else ():
                 for run in (Run(model, "reference", 0.0, seed, steps), transfer(best, model, steps, seed)):
                     if run.key not in done:
-                        record(run_one(run, base, train_data, eval_data, size, device))
+                        record(run_one(run, base, train_data, eval_data, size, device, cache))
         del base
         gc.collect()
     return results
