@@ -84,7 +84,7 @@ class Size:
 
 SIZES = {
     "smoke": Size(("tiny",), 6, 6, 2, 32, 4, 1e-2, r"mlp\.", (20.0, 200.0), 20.0, 1.0, (1,)),
-    "default": Size(("smollm2", "gemma"), 40, 20, 2, 128, 32, 1e-3, r"mlp\.", (2000.0, 20000.0), 2000.0, 1.0, (1,)),
+    "default": Size(("smollm2", "gemma"), 30, 16, 2, 64, 24, 1e-3, r"mlp\.", (2000.0, 20000.0), 2000.0, 1.0, (1,)),
     "large": Size(
         ("smollm2", "gemma"),
         1000,
