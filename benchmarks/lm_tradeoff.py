@@ -330,7 +330,9 @@ def transfer(run: dict, model: str, steps: int, seed: int) -> Run:
     return Run(**fields)
 
 
-def sweep(size: Size, models: list[str], out: Path, device: str, resume: bool) -> list[dict]:
+def sweep(
+    size: Size, models: list[str], out: Path, device: str, resume: bool, methods: tuple[str, ...] = METHODS
+) -> list[dict]:
     from hf_clusterable.utils.io import atomic_write
 
     path = out / "results.json"
@@ -362,7 +364,7 @@ def sweep(size: Size, models: list[str], out: Path, device: str, resume: bool) -
         todo: list[Run] = []
         cache: dict = {}
         if model == first:
-            todo += plan(size, model, 0)
+            todo += [r for r in plan(size, model, 0) if r.method in methods or r.method == "reference"]
         else:  # the best method of the first model, and its reference
             best = best_run(results, first)
             if best is None:
@@ -480,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None, help="comma-separated: smollm2,gemma (default: the size's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--steps", type=int, default=None, help="override the size's steps (all models)")
+    parser.add_argument("--methods", default=None, help=f"comma-separated subset of {', '.join(METHODS[1:])}")
+    parser.add_argument("--seeds", default=None, help="comma-separated extra seeds of the best point (e.g. 1,2)")
     parser.add_argument("--out", default="runs/lm_tradeoff", help="folder for results.json, table.md, frontier.png")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in OUT/results.json")
@@ -492,6 +496,14 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--steps must be >= 4, got {args.steps}.")
         size = dataclasses.replace(size, steps=args.steps, gemma_steps=args.steps)
     models = args.models.split(",") if args.models else list(size.models)
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    if not set(methods) <= set(METHODS):
+        raise SystemExit(f"--methods: unknown {sorted(set(methods) - set(METHODS))}; use {', '.join(METHODS[1:])}.")
+    if args.seeds is not None:
+        try:
+            size = dataclasses.replace(size, extra_seeds=tuple(int(s) for s in args.seeds.split(",") if s))
+        except ValueError:
+            raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}.") from None
     unknown = sorted(set(models) - {"smollm2", "gemma", "tiny"})
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; use smollm2, gemma (or tiny).")
@@ -507,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        results = sweep(size, models, out, args.device, args.resume)
+        results = sweep(size, models, out, args.device, args.resume, methods)
         print(f"total {time.perf_counter() - start:.0f} s at {torch.get_num_threads()} thread(s)", flush=True)
     print(write_reports(results, out))
     return 0 if all(math.isfinite(r["held_out_ce"]) for r in results) else 1
