@@ -506,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None, help="comma-separated: smollm2,gemma (default: the size's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--steps", type=int, default=None, help="override the size's steps (all models)")
+    parser.add_argument("--trainable", default=None, help="regex of trainable parameter names (default: the MLPs)")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {', '.join(METHODS[1:])}")
     parser.add_argument("--seeds", default=None, help="comma-separated extra seeds of the best point (e.g. 1,2)")
     parser.add_argument("--out", default="runs/lm_tradeoff", help="folder for results.json, table.md, frontier.png")
@@ -519,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 4:
             raise SystemExit(f"--steps must be >= 4, got {args.steps}.")
         size = dataclasses.replace(size, steps=args.steps, gemma_steps=args.steps)
+    if args.trainable is not None:
+        size = dataclasses.replace(size, trainable=args.trainable)
     models = args.models.split(",") if args.models else list(size.models)
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     if not set(methods) <= set(METHODS):
