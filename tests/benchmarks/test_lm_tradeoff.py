@@ -35,7 +35,7 @@ def test_smoke_size_writes_results_table_and_plot(tmp_path):
     assert all(r["ce_increase"] == 0.0 for r in results if r["method"] == "reference")
     assert (tmp_path / "frontier.png").stat().st_size > 1000
     table = (tmp_path / "table.md").read_text()
-    assert "| tiny | ours+distill |" in table and "best point" in table
+    assert "| tiny | ours+distill |" in table and "best point" in table and "vs pretrained" in table
     # --table redraws from results.json alone
     (tmp_path / "frontier.png").unlink()
     assert lm.main(["--table", "--out", str(tmp_path)]) == 0
