@@ -92,6 +92,11 @@ def cut_off_block(model: nn.Module, targets: list[Target], partitions: dict[str,
 class ProjectionCallback(TrainerCallback):
     """Projects at the end of optimizer step `step` and after every later step, so off-block weights stay zero.
 
+    At step `step` itself the optimizer's state is also cleared. Before the projection the regulariser's gradients
+    dominate, and an Adam-type optimizer keeps their scale in its second moments, which decay over about a thousand
+    steps: kept, they would shrink every step of the heal to a fraction of the learning rate. Cleared, the heal starts
+    fresh at the full rate (the state is rebuilt at the next step; a resumed run past `step` keeps its saved state).
+
     `projector` returns the `Projector` for the partitions in use (None while there are none yet).
     """
 
@@ -99,10 +104,12 @@ class ProjectionCallback(TrainerCallback):
         self.step = step
         self.projector = projector
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         if state.global_step >= self.step:
             projector = self.projector()
             if projector is None:
                 raise ValueError(f"project_step {self.step}: no clusters exist yet to project onto.")
             projector.project()
+            if state.global_step == self.step and optimizer is not None:
+                optimizer.state.clear()
         return control

@@ -90,3 +90,14 @@ def test_project_step_must_follow_the_clustering():
         ClusterConfig(cluster_step=5, project_step=5)
     with pytest.raises(ValueError, match="project_step"):
         ClusterConfig(project_step=0)
+
+
+def test_projection_clears_the_optimizer_state_once(tmp_path):
+    """The heal starts with fresh Adam moments: after 6 steps with projection at step 4, Adam has counted 2."""
+    trainer = ClusterableTrainer(
+        model=tiny_model("llama"), args=make_args(tmp_path, max_steps=6, logging_steps=1),
+        train_dataset=pattern_data(), cluster_config=ClusterConfig(loss_weight=100.0, project_step=4),
+    )  # fmt: skip
+    trainer.train()
+    steps = {float(s["step"]) for s in trainer.optimizer.state.values()}
+    assert steps == {2.0}
