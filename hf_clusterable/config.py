@@ -27,6 +27,8 @@ from .version import __version__
 
 
 INITS = ("spectral", "blocks")
+SCHEDULES = ("constant", "linear", "cosine")
+TEACHER_DTYPES = ("bfloat16",)
 
 
 @dataclass
@@ -49,6 +51,21 @@ class ClusterConfig(PushToHubMixin):
         balance (`float`, defaults to 0.5): spectral clusters keep between (1 - balance) and (1 + balance) times
             their fair share of rows and of columns; 0 forces equal sizes.
         seed (`int`, defaults to 0): seed of the co-clustering.
+        loss_weight_schedule (`str`, defaults to `"constant"`): how lambda reaches `loss_weight` once the loss
+            applies: `"constant"` at once, `"linear"` or `"cosine"` ramps from 0 over `loss_weight_warmup_steps`
+            steps counted from `cluster_step` (a sudden large lambda wrecks a pretrained model before the task loss
+            can answer).
+        loss_weight_warmup_steps (`int`, defaults to 0): length of the ramp; 0 means constant.
+        distill_weight (`float`, defaults to 0.0): weight of the KL divergence from the frozen starting model's
+            next-token distribution to the trained model's (self-distillation), added to the task loss; it keeps
+            the model's behaviour while the regulariser moves its weights.
+        distill_temperature (`float`, defaults to 1.0): softmax temperature of both distributions (the KL is
+            scaled by its square, so gradients keep their size).
+        teacher_dtype (`str`, *optional*): `"bfloat16"` keeps the frozen teacher copy in bf16 (half the memory);
+            `None` keeps the model's dtype. A PEFT model needs no copy: its teacher is the base with adapters off.
+        project_step (`int`, *optional*): optimizer step at which every target's off-block weights are set to zero
+            (clusterability exactly 1) and kept at zero from then on, so the steps after it heal the model with the
+            clusters fixed. `None` never projects.
     """
 
     n_clusters: int = field(default=4, metadata={"help": "Clusters per matrix (k)."})
@@ -62,6 +79,22 @@ class ClusterConfig(PushToHubMixin):
     recluster_every: int = field(default=0, metadata={"help": "Re-cluster every N steps; 0 keeps clusters fixed."})
     balance: float = field(default=0.5, metadata={"help": "Allowed relative deviation of cluster sizes from n/k."})
     seed: int = field(default=0, metadata={"help": "Seed of the spectral co-clustering."})
+    loss_weight_schedule: str = field(
+        default="constant", metadata={"help": "'constant', or a 'linear'/'cosine' ramp of lambda from 0."}
+    )
+    loss_weight_warmup_steps: int = field(
+        default=0, metadata={"help": "Steps of the lambda ramp, counted from cluster_step; 0 is constant."}
+    )
+    distill_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the KL from the frozen starting model (self-distillation)."}
+    )
+    distill_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the distillation."})
+    teacher_dtype: str | None = field(
+        default=None, metadata={"help": "'bfloat16' stores the frozen teacher copy in bf16; None keeps the dtype."}
+    )
+    project_step: int | None = field(
+        default=None, metadata={"help": "Step at which off-block weights are zeroed and kept at zero; None never."}
+    )
     model_type: str | None = field(default=None, metadata={"help": "Filled in from the model when saved."})
     base_model_name_or_path: str | None = field(default=None, metadata={"help": "Filled in from the model."})
     hf_clusterable_version: str = field(default=__version__, metadata={"help": "Version that wrote this config."})
@@ -74,8 +107,25 @@ class ClusterConfig(PushToHubMixin):
             raise ValueError(f"loss_weight must be finite and >= 0, got {self.loss_weight!r} (the paper uses 20-40).")
         if not isinstance(self.init, str) or self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
-        for name in ("cluster_step", "recluster_every", "seed"):
+        for name in ("cluster_step", "recluster_every", "seed", "loss_weight_warmup_steps"):
             require_int(name, getattr(self, name), 0)
+        if not isinstance(self.loss_weight_schedule, str) or self.loss_weight_schedule not in SCHEDULES:
+            raise ValueError(f"loss_weight_schedule must be one of {SCHEDULES}, got {self.loss_weight_schedule!r}.")
+        for name, low in (("distill_weight", 0.0), ("distill_temperature", None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+            if (low is not None and value < low) or (low is None and value <= 0):
+                raise ValueError(f"{name} must be {'>= 0' if low is not None else '> 0'}, got {value!r}.")
+        if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(f"teacher_dtype must be None or one of {TEACHER_DTYPES}, got {self.teacher_dtype!r}.")
+        if self.project_step is not None:
+            require_int("project_step", self.project_step, 1, "the step after which off-block weights are zeroed")
+            if self.init == "spectral" and self.project_step <= self.cluster_step:
+                raise ValueError(
+                    f"project_step {self.project_step} must come after cluster_step {self.cluster_step}: "
+                    "spectral clusters must exist before their off-block weights can be zeroed."
+                )
         if isinstance(self.balance, bool) or not isinstance(self.balance, (int, float)) or not 0 <= self.balance < 1:
             raise ValueError(f"balance must be in [0, 1), got {self.balance!r}; 0 forces equal cluster sizes.")
         if not isinstance(self.coupled, bool):

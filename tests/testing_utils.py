@@ -104,6 +104,7 @@ TINY_TYPES = {
     "EleutherAI/pythia-160m": "gpt_neox",
     "google/gemma-3-270m": "gemma3_text",
     "offline:gemma-3-270m": "gemma3_text",
+    "offline:smollm2-135m": "llama",
 }
 
 

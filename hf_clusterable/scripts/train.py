@@ -30,7 +30,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from ..examples.offline import OFFLINE_GEMMA, OFFLINE_PYDOC, OFFLINE_PYDOC_CHAT
+from ..examples.offline import OFFLINE_GEMMA, OFFLINE_PYDOC, OFFLINE_PYDOC_CHAT, OFFLINE_SMOLLM2
 from ..training.mixin import last_complete_checkpoint
 from ..utils.hub import require_local_or_repo
 from ..utils.io import check_output_dir, check_writable_folder
@@ -86,6 +86,10 @@ def resolve_model_path(model_args: ModelArguments) -> tuple[str, str | None]:
         from ..examples.offline import gemma3_270m_gguf
 
         return gemma3_270m_gguf()
+    if model_args.model_name_or_path == OFFLINE_SMOLLM2:
+        from ..examples.offline import smollm2_135m_gguf
+
+        return smollm2_135m_gguf()
     name = require_local_or_repo(model_args.model_name_or_path, "--model_name_or_path")
     return name, model_args.gguf_file
 

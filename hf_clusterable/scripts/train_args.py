@@ -24,7 +24,7 @@ from transformers.hf_argparser import string_to_bool
 
 from ..config import ClusterConfig
 from ..constants import TRAIN_TASKS
-from ..examples.offline import OFFLINE_GEMMA, OFFLINE_PYDOC
+from ..examples.offline import OFFLINE_GEMMA, OFFLINE_PYDOC, OFFLINE_SMOLLM2
 from ..utils.validation import compile_regex
 
 
@@ -121,7 +121,10 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": f"Hub id or local folder of a pretrained model; {OFFLINE_GEMMA} is the embedded GGUF."},
+        metadata={
+            "help": f"Hub id or local folder of a pretrained model; {OFFLINE_GEMMA} and {OFFLINE_SMOLLM2} are "
+            "GGUF files from PyPI packages."
+        },
     )
     model_type: str | None = field(
         default=None, metadata={"help": "Train from scratch: a registered model type (gpt2, hf_clusterable_net...)."}
@@ -192,6 +195,20 @@ class ClusterArguments:
     recluster_every: int = field(default=0, metadata={"help": "Re-cluster every N steps; 0 keeps clusters fixed."})
     cluster_balance: float = field(default=0.5, metadata={"help": "Allowed relative deviation of cluster sizes."})
     cluster_seed: int | None = field(default=None, metadata={"help": "Co-clustering seed; default: the run's seed."})
+    cluster_loss_weight_schedule: Literal["constant", "linear", "cosine"] = field(
+        default="constant", metadata={"help": "constant lambda, or a linear/cosine ramp from 0 after cluster_step."}
+    )
+    cluster_loss_weight_warmup_steps: int = field(default=0, metadata={"help": "Steps of the lambda ramp."})
+    cluster_distill_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the KL to the frozen starting model (self-distillation)."}
+    )
+    cluster_distill_temperature: float = field(default=1.0, metadata={"help": "Temperature of the distillation."})
+    cluster_teacher_dtype: Literal["bfloat16"] | None = field(
+        default=None, metadata={"help": "bfloat16 keeps the frozen teacher copy in bf16; default: the model's dtype."}
+    )
+    cluster_project_step: int | None = field(
+        default=None, metadata={"help": "Step at which off-block weights are zeroed and kept at zero (C = 1)."}
+    )
 
     def to_cluster_config(self, default_seed: int) -> ClusterConfig:
         if self.cluster_targets and self.cluster_target_regex:
@@ -206,6 +223,12 @@ class ClusterArguments:
             recluster_every=self.recluster_every,
             balance=float(self.cluster_balance),
             seed=default_seed if self.cluster_seed is None else self.cluster_seed,
+            loss_weight_schedule=self.cluster_loss_weight_schedule,
+            loss_weight_warmup_steps=self.cluster_loss_weight_warmup_steps,
+            distill_weight=float(self.cluster_distill_weight),
+            distill_temperature=float(self.cluster_distill_temperature),
+            teacher_dtype=self.cluster_teacher_dtype,
+            project_step=self.cluster_project_step,
         )
 
 

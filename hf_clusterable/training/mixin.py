@@ -40,7 +40,10 @@ from ..modeling.measure import ClusterReport, gather_weights, score_matrices, sc
 from ..modeling.plot import panel_names, panel_weights
 from ..modeling.targets import Target, base_model, find_targets, modules_by_name
 from ..utils.io import atomic_write, json_text
+from .distill import Teacher, distillation_loss
 from .loss import ClusterabilityLoss
+from .projection import ProjectionCallback, Projector
+from .schedules import loss_weight_at
 from .trackers import active_trackers, send_report
 
 
@@ -98,7 +101,8 @@ class ClusterabilityMixin:
 
     Logged metrics (train and `eval_`), next to the host's own: `task_loss`, `cluster_loss` (the regulariser),
     `clusterability` (mean C) and `clusterability_baseline` (what unstructured weights would score with these
-    cluster sizes).
+    cluster sizes); in training also `cluster_loss_weight` (lambda at that step, see `loss_weight_schedule`) and,
+    with `distill_weight > 0`, `distill_loss` (the KL to the frozen starting model).
 
     Every save writes `cluster_config.json`, `clusters.safetensors` and `cluster_metrics.json` beside the weights;
     `push_to_hub()` and every `hub_strategy` push upload them with a model card holding the current scores.
@@ -136,6 +140,8 @@ class ClusterabilityMixin:
             "eval": defaultdict(list),
         }
         self._step_task_loss: torch.Tensor | float = 0.0
+        self._step_distill_loss: torch.Tensor | float = 0.0
+        self._cluster_projector_cache: Projector | None = None
         self._snapshot: tuple[ClusterReport, dict[str, torch.Tensor]] | None = None
         self._snapshot_key: tuple[int, int] | None = None  # (step, partitions) the snapshot belongs to
         self._tracked_step: int | None = None
@@ -146,6 +152,11 @@ class ClusterabilityMixin:
             self._set_partitions(dict(partitions))
         elif config.init == "blocks":
             self._set_partitions(cluster_model(self.model, config, self.cluster_targets))
+        # The starting model, frozen, for self-distillation; the final projection, run after every step once due.
+        dtype = getattr(torch, config.teacher_dtype) if config.teacher_dtype else None
+        self._cluster_teacher = Teacher(self.model, dtype) if config.distill_weight > 0 else None
+        if config.project_step is not None:
+            self.add_callback(ProjectionCallback(config.project_step, self._cluster_projector))
 
     @staticmethod
     def _resolve_targets(model: nn.Module, config: ClusterConfig) -> list[Target]:
@@ -165,6 +176,7 @@ class ClusterabilityMixin:
             }
         self.partitions = partitions
         self._cluster_loss = None  # rebuilt lazily on the device the weights live on
+        self._cluster_projector_cache = None
 
     def _maybe_cluster(self) -> bool:
         """Compute spectral partitions when they are due; True once partitions exist."""
@@ -177,6 +189,11 @@ class ClusterabilityMixin:
                 self._set_partitions(cluster_model(self.model, cfg, self.cluster_targets))
                 self._clustered_at = step
         return self.partitions is not None
+
+    def _cluster_projector(self) -> Projector | None:
+        if self._cluster_projector_cache is None and self._maybe_cluster():
+            self._cluster_projector_cache = Projector(self.model, self.cluster_targets, self.partitions)
+        return self._cluster_projector_cache
 
     def _loss_fn(self) -> ClusterabilityLoss:
         if self._cluster_loss is None:
@@ -197,24 +214,43 @@ class ClusterabilityMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The regulariser enters once per optimizer step, on the micro-batch that syncs gradients.
         regularise = model.training and self.accelerator.sync_gradients and self._maybe_cluster()
-        weight = self.cluster_config.loss_weight
-        # `return_outputs` is passed through: TRL's trainers run an extra forward pass to build outputs on request.
+        weight = loss_weight_at(self.cluster_config, self.state.global_step)
+        teacher_logits = None
+        if model.training and self._cluster_teacher is not None:
+            teacher_logits = self._cluster_teacher.to(self.accelerator.device).logits(inputs)
+        # `return_outputs` is passed through (TRL's trainers run an extra forward pass to build outputs on request);
+        # distillation needs the student's logits, so it asks for them.
+        want_outputs = return_outputs or teacher_logits is not None
         if regularise and weight > 0:
             with self._loss_fn().capture():  # masses computed inside each target's forward, see loss.py
-                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                result = super().compute_loss(model, inputs, want_outputs, num_items_in_batch)
         else:
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            result = super().compute_loss(model, inputs, want_outputs, num_items_in_batch)
         if not model.training:  # evaluation and prediction: the task loss alone
             return result
-        loss, outputs = result if return_outputs else (result, None)
+        loss, outputs = result if want_outputs else (result, None)
         # Trainer divides by the accumulation steps unless the loss is already scaled: undo that for R, so R enters
         # each optimizer step exactly once with weight lambda.
-        ga_scale = 1 if self._loss_is_scaled_for_ga(num_items_in_batch) else self.current_gradient_accumulation_steps
+        scaled = self._loss_is_scaled_for_ga(num_items_in_batch)
+        ga_scale = 1 if scaled else self.current_gradient_accumulation_steps
         self._step_task_loss = self._step_task_loss + loss.detach() / ga_scale
+        if teacher_logits is not None:  # normalised like the task loss: per token of the step, or of this batch
+            kl = distillation_loss(
+                outputs.logits, teacher_logits, inputs.get("labels"), self.cluster_config.distill_temperature,
+                num_items_in_batch if scaled else None,
+            )  # fmt: skip
+            if scaled and num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                kl = kl * self.accelerator.num_processes
+            loss = loss + self.cluster_config.distill_weight * kl
+            self._step_distill_loss = self._step_distill_loss + kl.detach() / ga_scale
         if self.accelerator.sync_gradients:
             metrics = self._cluster_metrics["train"]
             metrics["task_loss"].append(torch.as_tensor(self._step_task_loss, dtype=torch.float32))
             self._step_task_loss = 0.0
+            metrics["cluster_loss_weight"].append(torch.tensor(weight, dtype=torch.float32))
+            if teacher_logits is not None:
+                metrics["distill_loss"].append(torch.as_tensor(self._step_distill_loss, dtype=torch.float32))
+                self._step_distill_loss = 0.0
             if regularise:
                 with torch.set_grad_enabled(weight > 0):
                     mean_c = self._loss_fn()()

@@ -23,7 +23,8 @@ class ClusterableTrainer(ClusterabilityMixin, Trainer):
         All other arguments are `transformers.Trainer`'s.
 
     Logged metrics (train and `eval_`): `task_loss`, `cluster_loss` (the regulariser), `clusterability` (mean C)
-    and `clusterability_baseline` (what unstructured weights would score with these cluster sizes).
+    and `clusterability_baseline` (what unstructured weights would score with these cluster sizes); in training also
+    `cluster_loss_weight` (lambda at that step) and, with `distill_weight > 0`, `distill_loss`.
 
     `push_to_hub()` and every `hub_strategy` push upload the cluster files and a model card with the current scores
     (`create_model_card`) next to the weights.

@@ -93,6 +93,10 @@ def tiny_flags(path: str, tmp: Path, tiny_models: dict[str, Path]) -> list[str]:
         flags += ["--preprocessing_num_workers", "1"]
     if r.get("cluster_step", 0) > 0:  # a warm-up of plain steps: shorten it so the loss applies from step 1 on
         flags += ["--cluster_step", "1"]
+    if r.get("cluster_project_step") is not None:  # project after the first step, heal in the second
+        flags += ["--cluster_project_step", str(r.get("cluster_step", 0) and 2 or 1)]
+    if r.get("cluster_loss_weight_warmup_steps", 0) > 0:
+        flags += ["--cluster_loss_weight_warmup_steps", "1"]
     return flags
 
 
@@ -125,6 +129,8 @@ def test_recipe_trains_offline_at_tiny_scale(path, tmp_path, tiny_models, monkey
     config = ClusterConfig.from_pretrained(out)
     assert config.n_clusters == r["n_clusters"] and config.loss_weight == r["cluster_loss_weight"]
     assert config.init == r["cluster_init"]
+    assert config.loss_weight_schedule == r.get("cluster_loss_weight_schedule", "constant")
+    assert config.distill_weight == r.get("cluster_distill_weight", 0.0)
     evaluation = json.loads((out / "eval_results.json").read_text())
     assert np.isfinite(evaluation["eval_loss"])
     assert 0.0 <= evaluation["eval_clusterability"] <= 1.0
@@ -134,6 +140,10 @@ def test_recipe_trains_offline_at_tiny_scale(path, tmp_path, tiny_models, monkey
         assert (out / "tokenizer.json").is_file()
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert any("cluster_loss" in entry for entry in history)
+    if r.get("cluster_project_step") is not None:  # off-block weights zeroed and held at zero
+        assert evaluation["eval_clusterability"] == 1.0
+    if r.get("cluster_distill_weight", 0.0) > 0:
+        assert any("distill_loss" in entry for entry in history)
     assert "clusterability" in (out / "README.md").read_text()
 
 
