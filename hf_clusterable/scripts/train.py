@@ -31,7 +31,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from ..examples.offline import OFFLINE_GEMMA, OFFLINE_PYDOC, OFFLINE_PYDOC_CHAT, OFFLINE_SMOLLM2
-from ..training.mixin import last_complete_checkpoint
+from ..training.checkpoints import last_complete_checkpoint
 from ..utils.hub import require_local_or_repo
 from ..utils.io import check_output_dir, check_writable_folder
 from .train_args import ClusterArguments, ModelArguments, ScriptArguments, parse_args

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import warnings
 from collections import defaultdict
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 from accelerate.utils import broadcast
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
+from transformers.trainer_utils import HubStrategy
 
 from ..config import ClusterConfig
 from ..constants import CLUSTERS_NAME, CONFIG_NAME, METRICS_NAME
@@ -40,6 +39,7 @@ from ..modeling.measure import ClusterReport, gather_weights, score_matrices, sc
 from ..modeling.plot import panel_names, panel_weights
 from ..modeling.targets import Target, base_model, find_targets, modules_by_name
 from ..utils.io import atomic_write, json_text
+from .checkpoints import HubToken, holds_checkpoints, last_complete_checkpoint
 from .distill import Teacher, distillation_loss
 from .loss import ClusterabilityLoss
 from .projection import ProjectionCallback, Projector
@@ -49,42 +49,6 @@ from .trackers import active_trackers, send_report
 
 # Trackers that get per-matrix scores and the heatmap (see trackers.py).
 _TRACKERS = ("tensorboard", "wandb")
-# Trainer writes this last into a checkpoint: a folder without it was cut off while saving.
-_STATE_FILE = "trainer_state.json"
-_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
-
-class _HubToken(str):
-    """`args.hub_token` that pickles as None: Trainer pickles its args into training_args.bin, which pushes upload."""
-
-    def __reduce__(self):
-        return type(None), ()
-
-    def __copy__(self):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __repr__(self) -> str:
-        return "'<HUB_TOKEN>'"
-
-
-def last_complete_checkpoint(folder: str) -> str | None:
-    """The newest `checkpoint-N` in `folder` that was written to the end (holds `trainer_state.json`), or None."""
-    if not os.path.isdir(folder):
-        return None
-    steps = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := _CHECKPOINT.match(name))]
-    for _, name in sorted(steps, reverse=True):
-        path = os.path.join(folder, name)
-        if os.path.isfile(os.path.join(path, _STATE_FILE)):
-            return path
-        warnings.warn(f"skipping {path}: it holds no {_STATE_FILE}, so its save was cut off.", stacklevel=3)
-    return None
-
-
-def _holds_checkpoints(folder: str) -> bool:
-    return os.path.isdir(folder) and any(_CHECKPOINT.match(name) for name in os.listdir(folder))
 
 
 class ClusterabilityMixin:
@@ -432,8 +396,8 @@ class ClusterabilityMixin:
 
     def _hide_hub_token(self) -> None:
         """Keep `args.hub_token` usable for uploads but out of every file, before Trainer pickles the args."""
-        if self.args.hub_token and not isinstance(self.args.hub_token, _HubToken):
-            self.args.hub_token = _HubToken(self.args.hub_token)
+        if self.args.hub_token and not isinstance(self.args.hub_token, HubToken):
+            self.args.hub_token = HubToken(self.args.hub_token)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         self._hide_hub_token()
@@ -498,7 +462,7 @@ class ClusterabilityMixin:
                 raise ValueError(f"no complete checkpoint found in output_dir {self.args.output_dir} to resume from.")
         if resume_from_checkpoint:
             self._restore_clusters(resume_from_checkpoint)
-        elif self.args.should_save and _holds_checkpoints(self.args.output_dir):
+        elif self.args.should_save and holds_checkpoints(self.args.output_dir):
             warnings.warn(
                 f"output_dir {self.args.output_dir} holds checkpoints of an earlier run, which this run will "
                 "overwrite step by step; pass resume_from_checkpoint=True to continue it, or use another output_dir.",
