@@ -513,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the size's steps (all models)")
     parser.add_argument("--trainable", default=None, help="regex of trainable parameter names (default: the MLPs)")
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {', '.join(METHODS[1:])}")
+    parser.add_argument("--lambdas", default=None, help="comma-separated lambda sweep of `ours` (default: the size's)")
     parser.add_argument("--seeds", default=None, help="comma-separated extra seeds of the best point (e.g. 1,2)")
     parser.add_argument("--out", default="runs/lm_tradeoff", help="folder for results.json, table.md, frontier.png")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -531,6 +532,14 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     if not set(methods) <= set(METHODS):
         raise SystemExit(f"--methods: unknown {sorted(set(methods) - set(METHODS))}; use {', '.join(METHODS[1:])}.")
+    if args.lambdas is not None:
+        try:
+            weights = tuple(float(w) for w in args.lambdas.split(",") if w)
+        except ValueError:
+            raise SystemExit(f"--lambdas must be comma-separated numbers, got {args.lambdas!r}.") from None
+        if not weights or min(weights) <= 0:
+            raise SystemExit(f"--lambdas must be positive numbers, got {args.lambdas!r}.")
+        size = dataclasses.replace(size, weights=weights)
     if args.seeds is not None:
         try:
             size = dataclasses.replace(size, extra_seeds=tuple(int(s) for s in args.seeds.split(",") if s))

@@ -42,7 +42,7 @@ from ..utils.io import atomic_write, json_text
 from .checkpoints import HubToken, holds_checkpoints, last_complete_checkpoint
 from .distill import Teacher, distillation_loss
 from .loss import ClusterabilityLoss
-from .projection import ProjectionCallback, Projector
+from .projection import ProjectionCallback, Projector, check_projectable
 from .schedules import loss_weight_at
 from .trackers import active_trackers, send_report
 
@@ -120,7 +120,8 @@ class ClusterabilityMixin:
         dtype = getattr(torch, config.teacher_dtype) if config.teacher_dtype else None
         self._cluster_teacher = Teacher(self.model, dtype) if config.distill_weight > 0 else None
         if config.project_step is not None:
-            self.add_callback(ProjectionCallback(config.project_step, self._cluster_projector))
+            check = lambda: check_projectable(self.model, self.cluster_targets)  # noqa: E731
+            self.add_callback(ProjectionCallback(config.project_step, self._cluster_projector, check))
 
     @staticmethod
     def _resolve_targets(model: nn.Module, config: ClusterConfig) -> list[Target]:

@@ -69,6 +69,13 @@ class Projector:
             _matrix(module, name).copy_(saved[name])
 
 
+def check_projectable(model: nn.Module, targets: list[Target]) -> None:
+    """Raise the one-line reason if any target cannot be projected (sharded, or LoRA with active adapters)."""
+    modules = modules_by_name(model)
+    for t in targets:
+        _matrix(modules[t.name], t.name)
+
+
 def project_off_block(model: nn.Module, targets: list[Target], partitions: dict[str, Partition]) -> None:
     """Zero the off-block weights of every target matrix of `model` in place (clusterability exactly 1)."""
     Projector(model, targets, partitions).project()
@@ -97,12 +104,20 @@ class ProjectionCallback(TrainerCallback):
     steps: kept, they would shrink every step of the heal to a fraction of the learning rate. Cleared, the heal starts
     fresh at the full rate (the state is rebuilt at the next step; a resumed run past `step` keeps its saved state).
 
-    `projector` returns the `Projector` for the partitions in use (None while there are none yet).
+    `projector` returns the `Projector` for the partitions in use (None while there are none yet). `check` runs when
+    training begins (after the host has sharded or wrapped the model) and raises if projection could never run, so
+    a run that would fail at `step` fails before its first step instead.
     """
 
-    def __init__(self, step: int, projector: Callable[[], Projector | None]):
+    def __init__(self, step: int, projector: Callable[[], Projector | None], check: Callable[[], None] | None = None):
         self.step = step
         self.projector = projector
+        self.check = check
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.check is not None and state.global_step < self.step:
+            self.check()
+        return control
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         if state.global_step >= self.step:

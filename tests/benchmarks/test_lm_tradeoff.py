@@ -54,3 +54,11 @@ def test_best_run_prefers_separable_clusters_then_the_cheapest():
     rows = [row("reference", 0.1, 0.0, 5.0), row("a", 0.3, 0.05, 3.0), row("b", 0.5, 0.5, 2.0)]
     assert lm.best_run(rows, "m")["method"] == "b"  # nothing separable: the highest normalised C
     assert lm.meets_goal(row("x", 0.91, 0.04, 0.015)) and not lm.meets_goal(row("x", 0.91, 0.06, 0.0))
+
+
+@pytest.mark.parametrize("lambdas", ["20,abc", "0,20", ","])
+def test_bad_lambda_sweep_is_refused_before_any_work(tmp_path, lambdas):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="--lambdas must be"):
+        benchmark().main(["--size", "smoke", "--lambdas", lambdas, "--out", str(out)])
+    assert not out.exists()

@@ -55,6 +55,17 @@ def test_projection_refuses_active_lora_adapters():
         project_off_block(model, targets, partitions)
 
 
+def test_trainer_refuses_lora_projection_before_its_first_step(tmp_path):
+    model = get_peft_model(tiny_model("llama"), LoraConfig(target_modules=["up_proj"], init_lora_weights=False))
+    trainer = ClusterableTrainer(
+        model=model, args=make_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=1),
+        train_dataset=pattern_data(), cluster_config=ClusterConfig(loss_weight=1.0, project_step=3),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="active LoRA adapters; merge them"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and not list(tmp_path.glob("**/checkpoint-*"))
+
+
 def test_trainer_projects_at_project_step_and_keeps_off_block_weights_zero(tmp_path):
     config = ClusterConfig(loss_weight=1.0, project_step=3)
     trainer = ClusterableTrainer(
