@@ -245,15 +245,7 @@ def run_one(run: Run, base, train_data, eval_data, size: Size, device: str, cach
             cut = trainer.evaluate()["eval_loss"]
         log = [e for e in trainer.state.log_history if "task_loss" in e]
     result = {
-        **dataclasses.asdict(run),
-        "key": run.key,
-        "clusterability": report.mean,
-        "baseline": report.baseline,
-        "normalised": report.normalised,
-        "held_out_ce": ce,
-        "cut_ce": cut,
-        "cut_increase": cut / ce - 1.0,
-        "seconds": round(seconds, 1),
+        **scores(run, report, ce, cut, seconds),
         "seconds_per_step": round(seconds / run.steps, 2),
         "final_lambda": log[-1]["cluster_loss_weight"] if log else None,
         "trainable": size.trainable,
@@ -287,6 +279,11 @@ def pretrained_scores(base, eval_data, device: str, model_name: str, cache: dict
         ce = trainer.evaluate()["eval_loss"]
         with cut_off_block(base, trainer.cluster_targets, trainer.partitions):
             cut = trainer.evaluate()["eval_loss"]
+    return scores(run, report, ce, cut, time.perf_counter() - start)
+
+
+def scores(run: Run, report, ce: float, cut: float, seconds: float) -> dict[str, Any]:
+    """The row every run records: its settings, clusterability against its baseline, held-out and cut-test CE."""
     return {
         **dataclasses.asdict(run),
         "key": run.key,
@@ -296,7 +293,7 @@ def pretrained_scores(base, eval_data, device: str, model_name: str, cache: dict
         "held_out_ce": ce,
         "cut_ce": cut,
         "cut_increase": cut / ce - 1.0,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
     }
 
 
