@@ -31,12 +31,17 @@ def digits(test_fraction: float = 0.25, seed: int = 0) -> DatasetDict:
     )
 
 
+def held_out(data: Dataset, validation_fraction: float, seed: int) -> DatasetDict:
+    """`train` and `validation` splits of `data`, the same for a given seed (recipes name the split `validation`)."""
+    parts = data.train_test_split(test_size=validation_fraction, seed=seed)
+    return DatasetDict({"train": parts["train"], "validation": parts["test"]})
+
+
 def pydoc_dataset(validation_fraction: float = 0.05, seed: int = 0) -> DatasetDict:
     """English prose with no download: the stdlib's Python reference topics, paragraphs split into train/validation."""
     from .offline import pydoc_text
 
-    parts = Dataset.from_dict({"text": pydoc_text()}).train_test_split(test_size=validation_fraction, seed=seed)
-    return DatasetDict({"train": parts["train"], "validation": parts["test"]})
+    return held_out(Dataset.from_dict({"text": pydoc_text()}), validation_fraction, seed)
 
 
 def pydoc_chat_dataset(validation_fraction: float = 0.05, seed: int = 0, paragraphs: int = 2) -> DatasetDict:
@@ -47,16 +52,13 @@ def pydoc_chat_dataset(validation_fraction: float = 0.05, seed: int = 0, paragra
     turn]}`. Up to `paragraphs` examples per topic. The answers are real reference prose; the questions are a
     template, so the data teaches the reference text in a chat format, nothing more.
     """
-    from pydoc_data.topics import topics
+    from .offline import pydoc_topics
 
     prompts, completions = [], []
-    for key in sorted(topics):
-        kept = [p.strip() for p in topics[key].split("\n\n") if len(p.split()) >= 8][:paragraphs]
-        for i, answer in enumerate(kept):
+    for key, kept in pydoc_topics().items():
+        for i, answer in enumerate(kept[:paragraphs]):
             more = "" if i == 0 else " Tell me more."
             question = f"What does the Python reference say about '{key}'?{more}"
             prompts.append([{"role": "user", "content": question}])
             completions.append([{"role": "assistant", "content": answer}])
-    data = Dataset.from_dict({"prompt": prompts, "completion": completions})
-    parts = data.train_test_split(test_size=validation_fraction, seed=seed)
-    return DatasetDict({"train": parts["train"], "validation": parts["test"]})
+    return held_out(Dataset.from_dict({"prompt": prompts, "completion": completions}), validation_fraction, seed)

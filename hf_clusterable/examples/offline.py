@@ -64,11 +64,14 @@ def load_gemma3_270m(**kwargs) -> nn.Module:
     return load_model(folder, gguf_file, **kwargs)
 
 
-def pydoc_text() -> list[str]:
-    """Paragraphs of English prose from the standard library (65 k words), one string per paragraph."""
+def pydoc_topics() -> dict[str, list[str]]:
+    """The Python reference manual's topics (`pydoc_data.topics`, sorted by name), each as its paragraphs of at least
+    eight words: the prose both the plain-text and the chat datasets are made of."""
     from pydoc_data.topics import topics
 
-    paragraphs = []
-    for key in sorted(topics):
-        paragraphs.extend(p.strip() for p in topics[key].split("\n\n") if len(p.split()) >= 8)
-    return paragraphs
+    return {key: [p.strip() for p in topics[key].split("\n\n") if len(p.split()) >= 8] for key in sorted(topics)}
+
+
+def pydoc_text() -> list[str]:
+    """Paragraphs of English prose from the standard library (65 k words), one string per paragraph."""
+    return [paragraph for paragraphs in pydoc_topics().values() for paragraph in paragraphs]
