@@ -2,6 +2,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageClassification
 
 from hf_clusterable import ClusterNetConfig, ClusterNetForImageClassification, find_targets, modular_addition_model
+from hf_clusterable.examples.models import register_auto_classes
 
 
 def test_mlp_and_cnn_forward_shapes_and_loss():
@@ -14,6 +15,7 @@ def test_mlp_and_cnn_forward_shapes_and_loss():
 
 
 def test_registered_with_auto_classes_and_default_targets(tmp_path):
+    register_auto_classes()  # on demand, not on import: this test passed only after another test had registered
     model = ClusterNetForImageClassification(ClusterNetConfig(image_size=8, hidden_sizes=[32, 16]))
     model.save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), ClusterNetConfig)
