@@ -44,11 +44,7 @@ from .distill import Teacher, distillation_loss
 from .loss import ClusterabilityLoss
 from .projection import ProjectionCallback, Projector, check_projectable
 from .schedules import loss_weight_at
-from .trackers import active_trackers, send_report
-
-
-# Trackers that get per-matrix scores and the heatmap (see trackers.py).
-_TRACKERS = ("tensorboard", "wandb")
+from .trackers import TRACKERS, active_trackers, send_report
 
 
 class ClusterabilityMixin:
@@ -256,7 +252,7 @@ class ClusterabilityMixin:
         """
         step = self.state.global_step
         report_to = self.args.report_to or []
-        if self.partitions is None or self._tracked_step == step or not any(t in report_to for t in _TRACKERS):
+        if self.partitions is None or self._tracked_step == step or not any(t in report_to for t in TRACKERS):
             return
         self._tracked_step = step
         self._take_snapshot()  # a collective for sharded weights
@@ -435,7 +431,7 @@ class ClusterabilityMixin:
         (compared as resolved on this model, so the default targets written out or an equivalent regex match), or
         another k, coupling or init. The message shows both values."""
         ours = self.cluster_config
-        model_type = getattr(getattr(base_model(self.model), "config", None), "model_type", None)
+        model_type = ours.model_type  # read from this model when the trainer was built
         diff = {}
         if saved.model_type is not None and model_type is not None and saved.model_type != model_type:
             diff["model_type"] = (saved.model_type, model_type)

@@ -25,6 +25,8 @@ from ..modeling.plot import render_blocks
 
 logger = logging.getLogger(__name__)
 
+# The `report_to` names whose runs get per-matrix scores and the heatmap (the handles `active_trackers` finds).
+TRACKERS = ("tensorboard", "wandb")
 PREFIX = "clusterability"
 HEATMAP_TAG = f"{PREFIX}/blocks"
 
